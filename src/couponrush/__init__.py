@@ -1,0 +1,1 @@
+"""couponrush: first-come-first-served coupon drops."""

@@ -1,0 +1,3 @@
+from couponrush.entrypoints.cli import main
+
+main()

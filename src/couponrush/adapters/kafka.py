@@ -1,0 +1,334 @@
+"""Kafka through confluent-kafka (librdkafka), bridged to asyncio.
+
+Why the plain ``Producer`` and not ``confluent_kafka.aio.AIOProducer`` or aiokafka:
+- we need the idempotent producer (acks=all, broker-side de-duplication of retries); aiokafka's
+  fails against Tansu (it only sends InitProducerId v0);
+- we need headers (request id, event type) on every record; the aio producer rejects them.
+So a ``Producer`` is polled by one background thread, and each delivery report resolves an
+asyncio future on the owning loop with ``call_soon_threadsafe``.
+
+Everything here speaks plain Kafka protocol; the Tansu-specific settings are only defaults
+that a real cluster tolerates (see docs/OPERATIONS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from couponrush.config import dlq_topic
+from couponrush.service.ports import InboundRecord, OutboundMessage
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replication: int = 1, timeout: float = 10.0) -> None:
+    """Create each topic with its partition count unless it exists. Blocking; raises if the broker is away.
+
+    Topics are always created explicitly: relying on auto-creation would let the broker pick
+    the partition count (Tansu picks 4), which silently changes where keys land.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication)
+        for name, partitions in topics.items()
+        if name not in existing
+    ]
+    for name, partitions in topics.items():
+        if name in existing and len(existing[name].partitions) != partitions:
+            log.warning(
+                "topic %s has %d partitions, configuration says %d: partition counts are fixed "
+                "once keys map to partitions; version the topic to change it",
+                name,
+                len(existing[name].partitions),
+                partitions,
+            )
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def _settle(future: asyncio.Future[str | None], outcome: str | None) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def producer_config(bootstrap: str, *, message_timeout_ms: int) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Same key -> partition mapping as the Java and aiokafka clients.
+        "partitioner": "murmur2_random",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "message.timeout.ms": message_timeout_ms,
+        "socket.timeout.ms": min(message_timeout_ms, 10_000),
+    }
+
+
+@dataclass
+class KafkaSink:
+    """Sends messages and awaits each acknowledgement. Recreates its producer after a fatal error.
+
+    A fatal error happens when the broker forgets our producer id (a restarted Tansu keeps
+    nothing), so recreation also re-creates the topics before anything is produced again:
+    a produce to a missing topic can otherwise be acknowledged and dropped.
+    """
+
+    bootstrap: str
+    topics: Mapping[str, int]
+    replication: int = 1
+    message_timeout_ms: int = 10_000
+    _producer: Producer | None = None
+    _poller: threading.Thread | None = None
+    _running: threading.Event = field(default_factory=threading.Event)
+    _fatal: threading.Event = field(default_factory=threading.Event)
+
+    async def start(self) -> None:
+        if self._producer is None:
+            await self._open()
+
+    async def _open(self) -> None:
+        await asyncio.to_thread(ensure_topics, self.bootstrap, self.topics, replication=self.replication)
+        config = producer_config(self.bootstrap, message_timeout_ms=self.message_timeout_ms)
+        config["error_cb"] = self._on_error
+        self._fatal.clear()
+        self._producer = Producer(config)
+        self._running.set()
+        producer = self._producer
+        self._poller = threading.Thread(
+            target=self._poll_forever, args=(producer,), name="kafka-producer-poll", daemon=True
+        )
+        self._poller.start()
+
+    def _poll_forever(self, producer: Producer) -> None:
+        while self._running.is_set() and producer is self._producer:
+            producer.poll(0.05)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            log.error("kafka producer fatal error, it will be recreated: %s", error)
+            self._fatal.set()
+        else:
+            log.debug("kafka producer error: %s", error)
+
+    async def _reset(self) -> None:
+        old, self._producer = self._producer, None
+        self._running.clear()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 5)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.purge()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(old.flush, 0)
+
+    async def send_all(self, messages: Sequence[OutboundMessage]) -> list[str | None]:
+        if self._fatal.is_set():
+            await self._reset()
+        if self._producer is None:
+            try:
+                await self._open()
+            except KafkaException as exc:
+                return [f"broker unavailable: {exc}"] * len(messages)
+        producer = self._producer
+        assert producer is not None
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[str | None]] = []
+        for message in messages:
+            future: asyncio.Future[str | None] = loop.create_future()
+            futures.append(future)
+
+            def _delivered(err: KafkaError | None, _msg: Message, f: asyncio.Future[str | None] = future) -> None:
+                if err is not None and err.fatal():
+                    self._fatal.set()
+                loop.call_soon_threadsafe(_settle, f, None if err is None else str(err))
+
+            while True:
+                try:
+                    producer.produce(
+                        message.topic,
+                        value=message.payload,
+                        key=None if message.key is None else message.key.encode(),
+                        headers=[(k, v.encode()) for k, v in message.headers.items()],
+                        on_delivery=_delivered,
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    await asyncio.sleep(0.01)
+                except KafkaException as exc:
+                    if exc.args[0].fatal():
+                        self._fatal.set()
+                    future.set_result(f"produce failed: {exc}")
+                    break
+        return list(await asyncio.gather(*futures))
+
+    async def close(self) -> None:
+        producer = self._producer
+        if producer is not None:
+            await asyncio.to_thread(producer.flush, 5)
+        self._running.clear()
+        self._producer = None
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 5)
+
+
+def consumer_config(
+    bootstrap: str,
+    group: str,
+    *,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+    fetch_wait_max_ms: int,
+) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "group.protocol": "classic",
+        # Offsets are committed by us, explicitly, after the issuing transaction committed.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # Never "latest": a consumer must not skip requests that arrived before it joined.
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": heartbeat_interval_ms,
+        "fetch.wait.max.ms": fetch_wait_max_ms,
+        "allow.auto.create.topics": False,
+        # Notice a re-created topic (e.g. after a broker restart) within seconds, not minutes.
+        "topic.metadata.refresh.interval.ms": 5000,
+    }
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    result: dict[str, bytes] = {}
+    for name, value in pairs:
+        result[name] = value.encode() if isinstance(value, str) else (value or b"")
+    return result
+
+
+def _record(message: Message) -> InboundRecord:
+    topic = message.topic()
+    partition = message.partition()
+    offset = message.offset()
+    assert topic is not None
+    assert partition is not None
+    assert offset is not None
+    key = message.key()
+    value = message.value()
+    return InboundRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key.encode() if isinstance(key, str) else key,
+        value=value.encode() if isinstance(value, str) else value,
+        headers=_headers(message),
+    )
+
+
+@dataclass
+class KafkaSource:
+    """A consumer-group member whose blocking calls run on a worker thread."""
+
+    config: dict[str, Any]
+    topics: Sequence[str]
+    _consumer: Consumer | None = None
+
+    async def start(self) -> None:
+        consumer = Consumer(self.config)
+        consumer.subscribe(list(self.topics))
+        self._consumer = consumer
+
+    async def next_batch(self, max_records: int, timeout: float) -> list[InboundRecord]:
+        assert self._consumer is not None, "start() first"
+        messages = await asyncio.to_thread(self._consumer.consume, max_records, timeout)
+        records: list[InboundRecord] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(_record(message))
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+        return records
+
+    async def commit(self, records: Sequence[InboundRecord]) -> None:
+        assert self._consumer is not None, "start() first"
+        positions: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            positions[key] = max(positions.get(key, -1), record.offset + 1)
+        if not positions:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Typically a rebalance took the partition away: its new owner re-reads from the
+            # last committed offset, and issuing is idempotent, so nothing is lost or doubled.
+            log.warning("offset commit failed, records will be redelivered: %s", exc)
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet committed per assigned partition, from the fetch-reported high watermark."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        assignment = await asyncio.to_thread(consumer.assignment)
+        committed = await asyncio.to_thread(consumer.committed, assignment, 5)
+        result: dict[tuple[str, int], int] = {}
+        for tp in committed:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            position = tp.offset if tp.offset >= 0 else 0
+            result[(tp.topic, tp.partition)] = max(0, high - position)
+        return result
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await asyncio.to_thread(consumer.close)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaDeadLetters:
+    """Parks a record it could not process on ``<topic>.dlq`` with the reason in headers."""
+
+    sink: KafkaSink
+
+    async def park(self, record: InboundRecord, reason: str, error: str) -> None:
+        headers = {k: v.decode("utf-8", "replace") for k, v in record.headers.items()}
+        headers.update(
+            {
+                "dlq-reason": reason,
+                "dlq-error": error[:2000],
+                "dlq-original-topic": record.topic,
+                "dlq-original-partition": str(record.partition),
+                "dlq-original-offset": str(record.offset),
+            }
+        )
+        message = OutboundMessage(
+            topic=dlq_topic(record.topic),
+            key=None if record.key is None else record.key.decode("utf-8", "replace"),
+            payload=record.value or b"",
+            headers=headers,
+        )
+        while True:
+            [failure] = await self.sink.send_all([message])
+            if failure is None:
+                return
+            log.warning("could not park a dead letter yet, retrying: %s", failure)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,70 @@
+"""All configuration, read once from the environment (prefix ``COUPONRUSH_``).
+
+Defaults target the services that run on a development machine of this project:
+PostgreSQL and Redis on 127.0.0.1, and a Kafka-protocol broker on 127.0.0.1:9092.
+Secrets (the admin token) have no default: they come from the environment only.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PUBLISH_REQUESTED_TOPIC = "outside.coupon.publish.requested.v1"
+PUBLISHED_TOPIC = "outside.coupon.published.v1"
+CONSUMER_GROUP = "coupon"
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic that parks what could not be processed from ``topic``."""
+    return f"{topic}.dlq"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COUPONRUSH_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/couponrush"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Empty means "not configured": `couponrush dev` then starts the embedded broker.
+    kafka_bootstrap_servers: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    admin_token: SecretStr | None = None
+
+    kafka_partitions: int = Field(default=3, ge=1, le=1000)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    publish_requested_topic: str = PUBLISH_REQUESTED_TOPIC
+    published_topic: str = PUBLISHED_TOPIC
+    consumer_group: str = CONSUMER_GROUP
+    # How long a fetch may wait on the broker. Tansu does not answer a waiting fetch early
+    # when data arrives, so this bounds the idle produce->consume latency; very low values
+    # (10-25 ms) starve a consumer facing a large backlog there. See docs/OPERATIONS.md.
+    kafka_fetch_wait_max_ms: int = Field(default=100, ge=1, le=10_000)
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    # A produce that the broker has not acknowledged within this time fails back to the
+    # relay, which leaves the outbox row unsent and retries it.
+    kafka_message_timeout_ms: int = Field(default=10_000, ge=1000)
+
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=20, ge=1)
+    relay_batch_size: int = Field(default=500, ge=1, le=100_000)
+    # Upper bound on how long an idle relay sleeps between outbox scans when no
+    # NOTIFY wakes it (covers a lost notification); the happy path never waits on it.
+    relay_idle_scan_s: float = Field(default=1.0, gt=0)
+    worker_batch_size: int = Field(default=500, ge=1, le=100_000)
+
+    log_level: str = "INFO"
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def kafka_configured(self) -> bool:
+        return bool(self.kafka_bootstrap_servers.strip())
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,127 @@
+"""The coupon and the rules that decide whether one more can be issued. Pure: no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+class CouponStatus(enum.StrEnum):
+    PUBLISHABLE = "PUBLISHABLE"
+    UNPUBLISHABLE = "UNPUBLISHABLE"
+
+
+class RejectReason(enum.StrEnum):
+    """Why a request did not (or will not) get a coupon. Part of the public contract."""
+
+    UNKNOWN_COUPON = "UNKNOWN_COUPON"
+    NOT_OPEN = "NOT_OPEN"
+    EXPIRED = "EXPIRED"
+    SOLD_OUT = "SOLD_OUT"
+    ALREADY_ISSUED = "ALREADY_ISSUED"
+
+
+class RequestStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    ISSUED = "ISSUED"
+    REJECTED = "REJECTED"
+
+
+@dataclass(frozen=True, slots=True)
+class NewCoupon:
+    name: str
+    discount_rate: Decimal
+    quantity: int
+    status: CouponStatus
+    expired_at: datetime
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("name must not be blank")
+        if not (Decimal(0) < self.discount_rate <= Decimal(1)):
+            raise ValueError("discountRate must be greater than 0 and at most 1")
+        if self.quantity <= 0:
+            raise ValueError("quantity must be greater than 0")
+        if self.expired_at.tzinfo is None:
+            raise ValueError("expiredAt must carry a UTC offset")
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    id: int
+    name: str
+    discount_rate: Decimal
+    quantity: int
+    issued_count: int
+    status: CouponStatus
+    expired_at: datetime
+
+    @property
+    def remaining_quantity(self) -> int:
+        return self.quantity - self.issued_count
+
+    def closed_reason(self, now: datetime) -> RejectReason | None:
+        """Why nobody at all can be issued this coupon now, or None when it is open.
+
+        The order matters for the answer a user sees: an administrator's close wins over
+        expiry, and expiry over stock (an expired coupon is "expired", not "sold out").
+        """
+        if self.status is not CouponStatus.PUBLISHABLE:
+            return RejectReason.NOT_OPEN
+        if now >= self.expired_at:
+            return RejectReason.EXPIRED
+        if self.remaining_quantity <= 0:
+            return RejectReason.SOLD_OUT
+        return None
+
+    def is_open(self, now: datetime) -> bool:
+        return self.closed_reason(now) is None
+
+    def issue_decision(self, *, already_holds: bool, now: datetime) -> RejectReason | None:
+        """The issuing rule for one user: None means "issue it", otherwise why not.
+
+        A user who already holds the coupon is told so even when it has since sold out:
+        that is the truthful answer to "did I get it?".
+        """
+        if already_holds:
+            return RejectReason.ALREADY_ISSUED
+        return self.closed_reason(now)
+
+    def after_issuing_one(self) -> Coupon:
+        if self.remaining_quantity <= 0:
+            raise ValueError(f"coupon {self.id} has no quantity left")
+        return Coupon(
+            id=self.id,
+            name=self.name,
+            discount_rate=self.discount_rate,
+            quantity=self.quantity,
+            issued_count=self.issued_count + 1,
+            status=self.status,
+            expired_at=self.expired_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserCoupon:
+    coupon_id: int
+    user_id: int
+    name: str
+    discount_rate: Decimal
+    issued_at: datetime
+    expired_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssueOutcome:
+    """What the issuing transaction decided for one request, and the coupon after it."""
+
+    request_id: str
+    user_id: int
+    coupon_id: int
+    status: RequestStatus
+    reason: RejectReason | None
+    coupon: Coupon | None
+    # True when this delivery found the request already decided (a redelivery): nothing changed.
+    replayed: bool = False

@@ -1,0 +1,101 @@
+"""The HTTP API: translate HTTP to service calls and service outcomes to enveloped answers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from couponrush.bootstrap import open_services
+from couponrush.config import Settings
+from couponrush.domain.model import RejectReason
+from couponrush.entrypoints.api import envelope
+from couponrush.entrypoints.api.deps import AdminRequired
+from couponrush.entrypoints.api.routes import coupons, health, users
+from couponrush.service.admission import Refused, Unavailable
+
+log = logging.getLogger(__name__)
+
+_REFUSAL_MESSAGES = {
+    RejectReason.UNKNOWN_COUPON: "coupon {id} does not exist",
+    RejectReason.NOT_OPEN: "coupon {id} is not open for issuing",
+    RejectReason.EXPIRED: "coupon {id} has expired",
+    RejectReason.SOLD_OUT: "coupon {id} is sold out",
+    RejectReason.ALREADY_ISSUED: "coupon {id} was already issued to this user",
+}
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return "malformed JSON body"
+    parts = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        return envelope.error(400, _validation_message(list(exc.errors())), "INVALID_REQUEST", errors)
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        status = 404 if exc.reason is RejectReason.UNKNOWN_COUPON else 409
+        return envelope.error(status, _REFUSAL_MESSAGES[exc.reason].format(id=exc.coupon_id), exc.reason.value)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+        return envelope.error(503, str(exc), "UNAVAILABLE", headers={"Retry-After": "1"})
+
+    @app.exception_handler(AdminRequired)
+    async def _unauthorized(_: Request, exc: AdminRequired) -> JSONResponse:
+        return envelope.error(401, exc.message, "UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return envelope.error(exc.status_code, str(exc.detail), reason, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope.error(500, "internal error", "INTERNAL_ERROR")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(settings) as services:
+            app.state.services = services
+            app.state.admission = services.admission()
+            yield
+
+    app = FastAPI(
+        title="couponrush",
+        version="0.1.0",
+        description="First-come-first-served coupon drops.",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    app.include_router(coupons.router)
+    app.include_router(users.router)
+    app.include_router(health.router)
+    return app

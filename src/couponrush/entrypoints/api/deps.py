@@ -1,0 +1,48 @@
+"""Request-scoped dependencies: the services built at start-up, and the admin check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+
+from couponrush.bootstrap import Services
+from couponrush.entrypoints.api.schemas import MAX_ID
+from couponrush.service.admission import Admission
+
+
+class AdminRequired(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
+
+
+def require_admin(
+    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> None:
+    expected = get_services(request).settings.admin_token
+    if expected is None:
+        raise AdminRequired("admin routes are disabled: COUPONRUSH_ADMIN_TOKEN is not set")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AdminRequired("missing admin credentials: send 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(token.strip().encode(), expected.get_secret_value().encode()):
+        raise AdminRequired("invalid admin token")
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+AdminDep = Annotated[None, Depends(require_admin)]
+UserId = Annotated[int, Path(alias="userId", gt=0, le=MAX_ID, description="the user's id (a positive integer)")]
+CouponId = Annotated[int, Path(alias="couponId", gt=0, le=MAX_ID, description="the coupon's id (a positive integer)")]

@@ -1,0 +1,259 @@
+"""The ``couponrush`` command: one sub-command per role, plus ``dev`` that runs them all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from couponrush.config import Settings, load_settings
+
+app = typer.Typer(help="couponrush: first-come-first-served coupon drops.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+log = logging.getLogger("couponrush")
+
+
+def _configure_logging(settings: Settings, role: str) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
+        force=True,
+    )
+    for noisy in ("asyncio", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _first_of(*events: asyncio.Event) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """An event set as soon as any of ``events`` is, and the watcher task to cancel afterwards."""
+    combined = asyncio.Event()
+
+    async def watch() -> None:
+        await asyncio.wait([asyncio.ensure_future(e.wait()) for e in events], return_when=asyncio.FIRST_COMPLETED)
+        combined.set()
+
+    return combined, asyncio.create_task(watch())
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if missing and apply every pending schema migration."""
+    settings = load_settings()
+    _configure_logging(settings, "migrate")
+    applied = asyncio.run(_migrate(settings))
+    console.print(f"[green]schema is current[/green] ({len(applied)} migration(s) applied now)")
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    import asyncpg
+
+    from couponrush.adapters.db import ensure_database, migrate, normalize_dsn
+
+    if await ensure_database(settings.database_url):
+        log.info("created database for %s", settings.database_url)
+    conn = await asyncpg.connect(normalize_dsn(settings.database_url))
+    try:
+        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+    finally:
+        await conn.close()
+
+
+@app.command()
+def api(
+    workers: Annotated[int, typer.Option(help="HTTP worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API on COUPONRUSH_HTTP_HOST:COUPONRUSH_HTTP_PORT."""
+    import uvicorn
+
+    settings = load_settings()
+    _configure_logging(settings, "api")
+    uvicorn.run(
+        "couponrush.entrypoints.api.main:create_app_from_env",
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def relay() -> None:
+    """Relay the outbox to Kafka (one active relay at a time; others stand by)."""
+    settings = load_settings()
+    _configure_logging(settings, "relay")
+    _require_kafka(settings)
+    asyncio.run(_relay(settings))
+
+
+async def _relay(settings: Settings) -> None:
+    from couponrush.bootstrap import open_services, relay_sink
+    from couponrush.service.relay import run_relay
+    from couponrush.service.signals import sleep_unless
+
+    stop = _stop_on_signals()
+    sink = relay_sink(settings)
+    async with open_services(settings) as services:
+        outbox = services.outbox()
+        try:
+            while not stop.is_set():
+                try:
+                    async with outbox.exclusive(stop) as lost:
+                        if lost is None:
+                            break
+                        log.info("holding the relay lock; relaying to %s", settings.kafka_bootstrap_servers)
+                        halt, watcher = _first_of(stop, lost)
+                        try:
+                            await run_relay(
+                                outbox,
+                                sink,
+                                halt,
+                                batch_size=settings.relay_batch_size,
+                                idle_scan_s=settings.relay_idle_scan_s,
+                            )
+                        finally:
+                            watcher.cancel()
+                        if lost.is_set():
+                            log.warning("lost the relay lock's connection; re-acquiring")
+                except Exception:
+                    log.exception("relay failed; restarting in 1s")
+                    await sleep_unless(stop, 1.0)
+        finally:
+            await sink.close()
+    log.info("relay stopped")
+
+
+@app.command()
+def worker() -> None:
+    """Consume publish requests and issue coupons (consumer group 'coupon')."""
+    settings = load_settings()
+    _configure_logging(settings, "worker")
+    _require_kafka(settings)
+    asyncio.run(_worker(settings))
+
+
+async def _worker(settings: Settings) -> None:
+    from couponrush.adapters.kafka import ensure_topics
+    from couponrush.bootstrap import build_worker, open_services, worker_dead_letter_sink, worker_source
+    from couponrush.service.signals import sleep_unless
+
+    stop = _stop_on_signals()
+    dlq_sink = worker_dead_letter_sink(settings)
+    # Subscribe only once the topics exist, so the consumer never waits a metadata refresh for them.
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(
+                ensure_topics,
+                settings.kafka_bootstrap_servers,
+                dlq_sink.topics,
+                replication=dlq_sink.replication,
+            )
+            break
+        except Exception as exc:
+            log.warning("broker not reachable yet (%s); retrying", exc)
+            await sleep_unless(stop, 1.0)
+    if stop.is_set():
+        return
+    source = worker_source(settings)
+    async with open_services(settings) as services:
+        await source.start()
+        try:
+            await build_worker(services, source, dlq_sink).run(stop)
+        finally:
+            await source.close()
+            await dlq_sink.close()
+    log.info("worker stopped")
+
+
+def _require_kafka(settings: Settings) -> None:
+    if not settings.kafka_configured:
+        console.print(
+            "[red]COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS is not set.[/red] Point it at a Kafka cluster, "
+            "or run `couponrush dev`, which starts an embedded broker."
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="where logs of embedded services go")] = Path(".couponrush"),
+    broker_port: Annotated[int, typer.Option(help="port of the embedded broker")] = 9092,
+) -> None:
+    """Run the whole system: migrate, then api + relay + worker (and an embedded broker if none is configured)."""
+    from couponrush.adapters.broker import EmbeddedBroker
+
+    settings = load_settings()
+    _configure_logging(settings, "dev")
+    env = dict(os.environ)
+    broker: EmbeddedBroker | None = None
+    if not settings.kafka_configured:
+        broker = EmbeddedBroker(port=broker_port, log_path=data_dir / "broker.log")
+        broker.start()
+        env["COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        console.print(f"[cyan]started the embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}[/cyan]")
+    if settings.admin_token is None:
+        token = secrets.token_urlsafe(24)
+        env["COUPONRUSH_ADMIN_TOKEN"] = token
+        console.print(f"[yellow]COUPONRUSH_ADMIN_TOKEN was not set; for this run it is:[/yellow] {token}")
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    exit_code = 0
+    try:
+        asyncio.run(_migrate(Settings(**{**settings.model_dump(), "kafka_bootstrap_servers": ""})))
+        for role in ("relay", "worker", "api"):
+            children[role] = subprocess.Popen([sys.executable, "-m", "couponrush", role], env=env)
+        console.print(
+            f"[green]couponrush is running[/green]: API on http://{settings.http_host}:{settings.http_port} "
+            f"(docs at /docs). Ctrl-C stops everything."
+        )
+        while not stopping:
+            for role, child in children.items():
+                if child.poll() is not None:
+                    console.print(f"[red]{role} exited with code {child.returncode}; stopping[/red]")
+                    exit_code = 1
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(20)
+            if child.poll() is None:
+                child.kill()
+        if broker is not None:
+            broker.stop()
+            console.print("[cyan]stopped the embedded broker[/cyan]")
+    raise typer.Exit(exit_code)
+
+
+def main() -> None:
+    app()
