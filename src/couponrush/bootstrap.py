@@ -86,16 +86,17 @@ def worker_source(settings: Settings) -> KafkaSource:
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         fetch_wait_max_ms=settings.kafka_fetch_wait_max_ms,
     )
-    return KafkaSource(config=config, topics=[settings.publish_requested_topic])
+    return KafkaSource(
+        config=config,
+        topics={settings.publish_requested_topic: settings.kafka_partitions},
+        replication=settings.kafka_replication_factor,
+    )
 
 
 def worker_dead_letter_sink(settings: Settings) -> KafkaSink:
     return KafkaSink(
         bootstrap=settings.kafka_bootstrap_servers,
-        topics={
-            settings.publish_requested_topic: settings.kafka_partitions,
-            dlq_topic(settings.publish_requested_topic): 1,
-        },
+        topics={dlq_topic(settings.publish_requested_topic): 1},
         replication=settings.kafka_replication_factor,
         message_timeout_ms=settings.kafka_message_timeout_ms,
     )

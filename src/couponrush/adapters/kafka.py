@@ -30,11 +30,14 @@ from couponrush.service.ports import InboundRecord, OutboundMessage
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replication: int = 1, timeout: float = 10.0) -> None:
+def ensure_topics(
+    bootstrap: str, topics: Mapping[str, int], *, replication: int = 1, timeout: float = 5.0
+) -> list[str]:
     """Create each topic with its partition count unless it exists. Blocking; raises if the broker is away.
 
     Topics are always created explicitly: relying on auto-creation would let the broker pick
     the partition count (Tansu picks 4), which silently changes where keys land.
+    Returns the topics it created.
     """
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
     existing = admin.list_topics(timeout=timeout).topics
@@ -52,15 +55,18 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replication: int
                 len(existing[name].partitions),
                 partitions,
             )
+    created: list[str] = []
     if not missing:
-        return
+        return created
     for name, future in admin.create_topics(missing, request_timeout=timeout).items():
         try:
             future.result(timeout)
             log.info("created topic %s", name)
+            created.append(name)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    return created
 
 
 def _settle(future: asyncio.Future[str | None], outcome: str | None) -> None:
@@ -75,20 +81,24 @@ def producer_config(bootstrap: str, *, message_timeout_ms: int) -> dict[str, Any
         "acks": "all",
         # Same key -> partition mapping as the Java and aiokafka clients.
         "partitioner": "murmur2_random",
+        # Never let a metadata request create a topic: the broker would pick the partition count.
+        "allow.auto.create.topics": False,
         "linger.ms": 2,
         "compression.type": "lz4",
         "message.timeout.ms": message_timeout_ms,
         "socket.timeout.ms": min(message_timeout_ms, 10_000),
+        "topic.metadata.refresh.interval.ms": 5000,
     }
 
 
 @dataclass
 class KafkaSink:
-    """Sends messages and awaits each acknowledgement. Recreates its producer after a fatal error.
+    """Sends messages and awaits each acknowledgement, and recovers from a broker that lost its state.
 
-    A fatal error happens when the broker forgets our producer id (a restarted Tansu keeps
-    nothing), so recreation also re-creates the topics before anything is produced again:
-    a produce to a missing topic can otherwise be acknowledged and dropped.
+    After any failed batch, the next one first makes sure the topics exist (with our partition
+    counts; producers never auto-create). If a topic had to be created, the broker lost its state
+    (a restarted Tansu keeps nothing), so the producer is recreated too: its producer id and
+    metadata are stale. A fatal producer error (e.g. UNKNOWN_PRODUCER_ID) also recreates it.
     """
 
     bootstrap: str
@@ -99,13 +109,22 @@ class KafkaSink:
     _poller: threading.Thread | None = None
     _running: threading.Event = field(default_factory=threading.Event)
     _fatal: threading.Event = field(default_factory=threading.Event)
+    _suspect: bool = True  # nothing verified yet: check the topics before the first send
 
     async def start(self) -> None:
-        if self._producer is None:
-            await self._open()
+        await self._recover()
 
-    async def _open(self) -> None:
-        await asyncio.to_thread(ensure_topics, self.bootstrap, self.topics, replication=self.replication)
+    async def _recover(self) -> None:
+        """Ensure topics; (re)create the producer if there is none, it is broken, or topics were lost."""
+        created = await asyncio.to_thread(ensure_topics, self.bootstrap, self.topics, replication=self.replication)
+        if created and self._producer is not None:
+            log.warning("topics %s were missing (broker lost its state?); recreating the producer", created)
+        if self._producer is None or self._fatal.is_set() or created:
+            await self._reset()
+            self._open()
+        self._suspect = False
+
+    def _open(self) -> None:
         config = producer_config(self.bootstrap, message_timeout_ms=self.message_timeout_ms)
         config["error_cb"] = self._on_error
         self._fatal.clear()
@@ -140,11 +159,9 @@ class KafkaSink:
                 await asyncio.to_thread(old.flush, 0)
 
     async def send_all(self, messages: Sequence[OutboundMessage]) -> list[str | None]:
-        if self._fatal.is_set():
-            await self._reset()
-        if self._producer is None:
+        if self._suspect or self._fatal.is_set() or self._producer is None:
             try:
-                await self._open()
+                await self._recover()
             except KafkaException as exc:
                 return [f"broker unavailable: {exc}"] * len(messages)
         producer = self._producer
@@ -177,7 +194,10 @@ class KafkaSink:
                         self._fatal.set()
                     future.set_result(f"produce failed: {exc}")
                     break
-        return list(await asyncio.gather(*futures))
+        results = list(await asyncio.gather(*futures))
+        if any(result is not None for result in results):
+            self._suspect = True
+        return results
 
     async def close(self) -> None:
         producer = self._producer
@@ -243,20 +263,49 @@ def _record(message: Message) -> InboundRecord:
     )
 
 
+_TOPIC_GONE = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
+
+
 @dataclass
 class KafkaSource:
-    """A consumer-group member whose blocking calls run on a worker thread."""
+    """A consumer-group member whose blocking calls run on a worker thread.
+
+    If a subscribed topic disappears (a broker that lost its state), librdkafka's consumer does
+    not rejoin by itself once the topic is back; so the source re-creates the topics (with the
+    configured partition counts) and a fresh consumer. Uncommitted records are simply redelivered.
+    """
 
     config: dict[str, Any]
-    topics: Sequence[str]
+    topics: Mapping[str, int]
+    replication: int = 1
     _consumer: Consumer | None = None
+    _stale: bool = False
 
     async def start(self) -> None:
+        await asyncio.to_thread(
+            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
+        )
         consumer = Consumer(self.config)
         consumer.subscribe(list(self.topics))
         self._consumer = consumer
+        self._stale = False
+
+    async def _rebuild(self) -> None:
+        log.warning("subscribed topics vanished (broker lost its state?); recreating the consumer")
+        old, self._consumer = self._consumer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(old.close), 10)
+        await self.start()
 
     async def next_batch(self, max_records: int, timeout: float) -> list[InboundRecord]:
+        if self._stale:
+            try:
+                await self._rebuild()
+            except KafkaException as exc:
+                log.warning("broker still unavailable: %s", exc)
+                await asyncio.sleep(timeout)
+                return []
         assert self._consumer is not None, "start() first"
         messages = await asyncio.to_thread(self._consumer.consume, max_records, timeout)
         records: list[InboundRecord] = []
@@ -264,6 +313,9 @@ class KafkaSource:
             error = message.error()
             if error is None:
                 records.append(_record(message))
+            elif error.code() in _TOPIC_GONE:
+                self._stale = True
+                log.warning("consumer error: %s", error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
         return records

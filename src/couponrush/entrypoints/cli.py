@@ -85,6 +85,10 @@ def api(
 
     settings = load_settings()
     _configure_logging(settings, "api")
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal against the handler that was
+    # installed before it. A no-op Python handler there makes a graceful stop exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(
         "couponrush.entrypoints.api.main:create_app_from_env",
         factory=True,
@@ -153,30 +157,23 @@ def worker() -> None:
 
 
 async def _worker(settings: Settings) -> None:
-    from couponrush.adapters.kafka import ensure_topics
     from couponrush.bootstrap import build_worker, open_services, worker_dead_letter_sink, worker_source
     from couponrush.service.signals import sleep_unless
 
     stop = _stop_on_signals()
     dlq_sink = worker_dead_letter_sink(settings)
+    source = worker_source(settings)
     # Subscribe only once the topics exist, so the consumer never waits a metadata refresh for them.
     while not stop.is_set():
         try:
-            await asyncio.to_thread(
-                ensure_topics,
-                settings.kafka_bootstrap_servers,
-                dlq_sink.topics,
-                replication=dlq_sink.replication,
-            )
+            await source.start()
             break
         except Exception as exc:
             log.warning("broker not reachable yet (%s); retrying", exc)
             await sleep_unless(stop, 1.0)
     if stop.is_set():
         return
-    source = worker_source(settings)
     async with open_services(settings) as services:
-        await source.start()
         try:
             await build_worker(services, source, dlq_sink).run(stop)
         finally:

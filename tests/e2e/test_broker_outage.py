@@ -1,0 +1,47 @@
+"""A request accepted while the broker is down is issued once the broker is back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.polling import eventually
+from tests.support.system import RunningSystem, create_coupon, start_system, stop_system
+
+
+@pytest.fixture
+async def outage_system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
+    running = await start_system("outage", e2e_logs, db_name="couponrush_e2e_outage", redis_db=13)
+    yield running
+    codes = stop_system(running)
+    assert codes == {"relay": 0, "worker": 0, "api": 0}, codes
+
+
+async def test_a_request_accepted_during_a_broker_outage_is_issued_after_it(outage_system: RunningSystem) -> None:
+    system = outage_system
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+        coupon_id = await create_coupon(client, quantity=3)
+        warm_up = await client.post("/api/v1/users/1/coupons/publish", json={"couponId": coupon_id})
+        assert warm_up.status_code == 200
+
+        async def held_by(user: int) -> int:
+            return len((await client.get(f"/api/v1/users/{user}/coupons")).json()["data"])
+
+        await eventually(lambda: held_by(1), lambda n: n == 1, timeout=30, what="issuing before the outage")
+
+        system.broker.stop()  # Tansu keeps nothing: it comes back empty
+        during = await client.post("/api/v1/users/2/coupons/publish", json={"couponId": coupon_id})
+        assert during.status_code == 200  # accepted: durably recorded in the outbox
+        conn = await system.db()
+        try:
+            unsent = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            assert unsent >= 1
+            system.broker.start()
+            await eventually(lambda: held_by(2), lambda n: n == 1, timeout=90, interval=0.2, what="issue after outage")
+            assert await conn.fetchval("SELECT issued_count FROM coupons WHERE id = $1", coupon_id) == 2
+            assert await conn.fetchval("SELECT count(*) FROM user_coupons WHERE user_id = 1") == 1
+        finally:
+            await conn.close()

@@ -1,0 +1,160 @@
+"""The whole system as real processes (``couponrush migrate``, ``api``, ``relay``, ``worker``).
+
+Each running system has its own database, Redis logical database, embedded broker and HTTP port,
+so end-to-end tests see exactly what an operator would, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from couponrush.adapters.broker import EmbeddedBroker, free_port
+from tests.support.polling import eventually
+
+ADMIN_TOKEN = "e2e-admin-token"
+ROLES = ("relay", "worker", "api")
+
+
+@dataclass
+class RunningSystem:
+    name: str
+    log_dir: Path
+    database_url: str
+    redis_url: str
+    broker: EmbeddedBroker
+    http_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, IO[bytes]] = field(default_factory=dict)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "COUPONRUSH_DATABASE_URL": self.database_url,
+            "COUPONRUSH_REDIS_URL": self.redis_url,
+            "COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "COUPONRUSH_HTTP_PORT": str(self.http_port),
+            "COUPONRUSH_ADMIN_TOKEN": ADMIN_TOKEN,
+            "COUPONRUSH_LOG_LEVEL": "INFO",
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "couponrush", *args], env=self.env, capture_output=True, timeout=60, check=True
+        )
+
+    def start(self, role: str) -> None:
+        log = self.logs[role] = (self.log_dir / f"{self.name}-{role}.log").open("ab")
+        self.processes[role] = subprocess.Popen(
+            [sys.executable, "-m", "couponrush", role], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self, role: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        process = self.processes.pop(role)
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait(timeout)
+            code = -999 if code == 0 else code
+        self.exit_codes[role] = code
+        self.logs.pop(role).close()
+        return code
+
+    def log_of(self, role: str) -> str:
+        path = self.log_dir / f"{self.name}-{role}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def wait_ready(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url) as client:
+
+            async def ready() -> int:
+                try:
+                    return (await client.get("/health/ready")).status_code
+                except httpx.HTTPError:
+                    return 0
+
+            await eventually(ready, lambda s: s == 200, timeout=30, what="the API answering ready")
+
+    async def db(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.database_url)
+
+    def redis(self) -> Redis:
+        return Redis.from_url(self.redis_url)
+
+
+async def start_system(name: str, log_dir: Path, *, db_name: str, redis_db: int) -> RunningSystem:
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    await redis.aclose()
+    broker = EmbeddedBroker(port=free_port(), log_path=log_dir / f"{name}-broker.log")
+    broker.start()
+    system = RunningSystem(
+        name=name,
+        log_dir=log_dir,
+        database_url=f"postgresql://postgres@127.0.0.1:5432/{db_name}",
+        redis_url=redis_url,
+        broker=broker,
+    )
+    system.run("migrate")  # creates the database and applies the schema, as an operator would
+    for role in ROLES:
+        system.start(role)
+    await system.wait_ready()
+    return system
+
+
+def stop_system(system: RunningSystem) -> dict[str, int]:
+    for role in list(system.processes):
+        system.stop(role)
+    system.broker.stop()
+    return system.exit_codes
+
+
+def coupon_body(
+    quantity: int, *, expires_in: timedelta = timedelta(days=1), status: str = "PUBLISHABLE"
+) -> dict[str, Any]:
+    return {
+        "name": "선착순 쿠폰",
+        "discountRate": 0.1,
+        "quantity": quantity,
+        "status": status,
+        "expiredAt": (datetime.now(UTC) + expires_in).isoformat(),
+    }
+
+
+async def create_coupon(client: httpx.AsyncClient, quantity: int, **kwargs: Any) -> int:
+    response = await client.post(
+        "/api/v1/coupons", json=coupon_body(quantity, **kwargs), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert response.status_code == 201, response.text
+    coupon_id: int = response.json()["data"]["id"]
+    return coupon_id
+
+
+def elapsed_since(start: float) -> float:
+    return time.monotonic() - start
