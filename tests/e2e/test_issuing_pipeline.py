@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from couponrush.adapters.kafka import producer_config
-from tests.support.kafka import read_all
+from tests.support.kafka import find_record, read_all
 from tests.support.polling import eventually
 from tests.support.system import ADMIN_TOKEN, RunningSystem, coupon_body, create_coupon
 
@@ -61,6 +62,14 @@ async def test_a_requested_coupon_is_issued_and_the_last_one_closes_the_gate(
     assert late.status_code == 409
     assert late.json()["data"]["reason"] == "SOLD_OUT"
     await redis.aclose()
+
+    request_id = body["data"]["requestId"].encode()
+    published = await find_record(
+        system.broker.bootstrap, "outside.coupon.published.v1", lambda r: r.headers.get("request-id") == request_id
+    )
+    event = json.loads(published.value or b"{}")
+    assert (event["type"], event["userId"], event["couponId"]) == ("CouponPublished", 1001, coupon_id)
+    assert published.key == str(coupon_id).encode()
 
 
 async def test_300_concurrent_requests_from_200_users_for_50_coupons(

@@ -7,7 +7,8 @@ import asyncio
 from confluent_kafka.admin import AdminClient
 
 from couponrush.adapters.broker import EmbeddedBroker, free_port
-from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, ensure_topics
+from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config, ensure_topics
+from couponrush.config import Settings
 from couponrush.service.ports import InboundRecord, OutboundMessage
 from tests.support.kafka import nothing_more, read_all, read_records, source_for
 
@@ -124,3 +125,36 @@ async def test_the_sink_reports_failure_while_the_broker_is_down_and_recovers_af
     finally:
         await sink.close()
         own.stop()
+
+
+async def test_a_consumer_with_the_configured_fetch_wait_drains_a_large_backlog(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    """Tansu starves a consumer facing a backlog when fetch.wait.max.ms is very low (10-25 ms)."""
+    topic = topic_prefix + "requests.v1"
+    sink = KafkaSink(broker.bootstrap, {topic: 1})
+    total = 20_000
+    try:
+        for start in range(0, total, 5_000):
+            chunk = [OutboundMessage(topic, "1", str(n).encode()) for n in range(start, start + 5_000)]
+            assert set(await sink.send_all(chunk)) == {None}
+    finally:
+        await sink.close()
+
+    configured = Settings().kafka_fetch_wait_max_ms
+    source = KafkaSource(
+        config=consumer_config(
+            broker.bootstrap,
+            topic_prefix + "coupon",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            fetch_wait_max_ms=configured,
+        ),
+        topics={topic: 1},
+    )
+    await source.start()
+    try:
+        records = await read_records(source, total, timeout=90)
+    finally:
+        await source.close()
+    assert [int(r.value or b"-1") for r in records] == list(range(total))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 from couponrush.adapters.kafka import KafkaSource, consumer_config
 from couponrush.service.ports import InboundRecord
@@ -48,3 +49,20 @@ async def nothing_more(source: KafkaSource, seconds: float = 2.0) -> list[Inboun
         extra.extend(await source.next_batch(100, 0.3))
         await asyncio.sleep(0)
     return extra
+
+
+async def find_record(
+    bootstrap: str, topic: str, matches: Callable[[InboundRecord], bool], timeout: float = 30.0
+) -> InboundRecord:
+    """Read ``topic`` from the beginning until a record satisfies ``matches``."""
+    source = source_for(bootstrap, [topic])
+    await source.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for record in await source.next_batch(500, 0.5):
+                if matches(record):
+                    return record
+        raise AssertionError(f"no matching record on {topic} within {timeout}s")
+    finally:
+        await source.close()

@@ -1,0 +1,33 @@
+# The two commands a newcomer needs are `make run` and `make test` (see README.md).
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install services lint typecheck unit integration e2e
+
+run: install services  ## install everything and run the whole system (API on :8000)
+	$(BIN)/couponrush dev
+
+test: install services lint typecheck  ## install everything and run lint, types and the test suite
+	$(BIN)/pytest
+
+install:
+	scripts/install.sh
+
+services:
+	scripts/ensure-services.sh
+
+lint:
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck:
+	$(BIN)/mypy
+
+unit:
+	$(BIN)/pytest -m unit
+
+integration: services
+	$(BIN)/pytest -m integration
+
+e2e: services
+	$(BIN)/pytest -m e2e
