@@ -20,7 +20,7 @@ from rich.console import Console
 from couponrush.config import Settings, load_settings
 
 app = typer.Typer(help="couponrush: first-come-first-served coupon drops.", no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("couponrush")
 
 
