@@ -13,16 +13,19 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import Redis
 
-from couponrush.adapters.coupons import PostgresCoupons
+from couponrush.adapters.coupons import PostgresCoupons, PostgresGateSnapshots
 from couponrush.adapters.db import create_pool
-from couponrush.adapters.gate import RedisFlagGate
+from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
 from couponrush.adapters.outbox import PostgresOutbox
-from couponrush.adapters.requests import PostgresRequestLog
+from couponrush.adapters.requests import PostgresRequestLog, PostgresRequestStatus
 from couponrush.config import Settings, dlq_topic
 from couponrush.service.admission import Admission
+from couponrush.service.coupon_admin import CouponAdmin
+from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
+from couponrush.service.ports import Gate
 from couponrush.service.worker import Worker
 
 
@@ -31,36 +34,59 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
+    gate: Gate
+    rebuilder: GateRebuilder
 
     @property
     def coupons(self) -> PostgresCoupons:
         return PostgresCoupons(self.pool)
 
     @property
-    def gate(self) -> RedisFlagGate:
-        return RedisFlagGate(self.redis)
+    def request_status(self) -> PostgresRequestStatus:
+        return PostgresRequestStatus(self.pool)
+
+    @property
+    def snapshots(self) -> PostgresGateSnapshots:
+        return PostgresGateSnapshots(self.pool)
 
     def admission(self) -> Admission:
         return Admission(
             gate=self.gate,
             coupons=self.coupons,
             requests=PostgresRequestLog(self.pool, self.settings.publish_requested_topic),
+            schedule_rebuild=self.rebuilder.schedule,
+            record_timeout_s=self.settings.record_timeout_s,
         )
+
+    def coupon_admin(self) -> CouponAdmin:
+        return CouponAdmin(coupons=self.coupons, gate=self.gate, schedule_rebuild=self.rebuilder.schedule)
 
     def issuing(self) -> IssuingService:
         return IssuingService(issuer=PostgresIssuer(self.pool, self.settings.published_topic), gate=self.gate)
 
+    def request_log(self) -> PostgresRequestLog:
+        return PostgresRequestLog(self.pool, self.settings.publish_requested_topic)
+
     def outbox(self) -> PostgresOutbox:
         return PostgresOutbox(self.pool)
+
+
+def build_gate(settings: Settings, redis: Redis) -> Gate:
+    if settings.admission == "flag":
+        return RedisFlagGate(redis)
+    return RedisReservingGate(redis)
 
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    gate = build_gate(settings, redis)
+    rebuilder = GateRebuilder(gate=gate, snapshots=PostgresGateSnapshots(pool), grace_s=settings.rebuild_grace_s)
     try:
-        yield Services(settings=settings, pool=pool, redis=redis)
+        yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder)
     finally:
+        await rebuilder.close()
         await redis.aclose()
         await pool.close()
 

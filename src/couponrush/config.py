@@ -7,7 +7,9 @@ Secrets (the admin token) have no default: they come from the environment only.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PUBLISH_REQUESTED_TOPIC = "outside.coupon.publish.requested.v1"
@@ -54,12 +56,28 @@ class Settings(BaseSettings):
     relay_idle_scan_s: float = Field(default=1.0, gt=0)
     worker_batch_size: int = Field(default=500, ge=1, le=100_000)
 
+    # "reserve": OK means a unit is reserved for you (atomic Lua gate). "flag": the report's gate,
+    # which only reads coupon:available:{id} (kept to compare; it over-accepts in a rush).
+    admission: Literal["reserve", "flag"] = "reserve"
+    # Bound on recording an accepted request; a gate rebuild waits longer than this (grace).
+    record_timeout_s: float = Field(default=2.0, gt=0)
+    rebuild_grace_s: float = Field(default=3.0, gt=0)
+
+    # A request still pending this long after it was accepted is published again (see service/redrive.py).
+    redrive_after_s: float = Field(default=30.0, gt=0)
+
     log_level: str = "INFO"
 
     @field_validator("admin_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _grace_outlasts_recording(self) -> Settings:
+        if self.rebuild_grace_s <= self.record_timeout_s:
+            raise ValueError("COUPONRUSH_REBUILD_GRACE_S must be longer than COUPONRUSH_RECORD_TIMEOUT_S")
+        return self
 
     @property
     def kafka_configured(self) -> bool:

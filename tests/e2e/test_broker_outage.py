@@ -45,3 +45,51 @@ async def test_a_request_accepted_during_a_broker_outage_is_issued_after_it(outa
             assert await conn.fetchval("SELECT count(*) FROM user_coupons WHERE user_id = 1") == 1
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def redrive_system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
+    running = await start_system(
+        "redrive",
+        e2e_logs,
+        db_name="couponrush_e2e_redrive",
+        redis_db=8,
+        extra_env={"COUPONRUSH_REDRIVE_AFTER_S": "2"},
+    )
+    yield running
+    codes = stop_system(running)
+    assert set(codes.values()) == {0}, codes
+
+
+async def test_a_request_the_broker_acknowledged_and_then_lost_is_re_driven_and_issued(
+    redrive_system: RunningSystem,
+) -> None:
+    system = redrive_system
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+        coupon_id = await create_coupon(client, quantity=3)
+        system.stop("worker")  # nobody consumes: the record only lives in the broker
+        accepted = await client.post("/api/v1/users/5/coupons/publish", json={"couponId": coupon_id})
+        assert accepted.status_code == 200
+        conn = await system.db()
+        try:
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
+                lambda unsent: unsent == 0,
+                timeout=30,
+                what="the broker acknowledging the request",
+            )
+            system.broker.stop()
+            system.broker.start()  # ...and losing it: Tansu comes back empty
+            system.start("worker")
+
+            async def status() -> str:
+                body = (await client.get(f"/api/v1/users/5/coupons/{coupon_id}/request")).json()
+                return str(body["data"]["status"])
+
+            await eventually(status, lambda s: s == "ISSUED", timeout=90, interval=0.2, what="issued after re-drive")
+            redrives = await conn.fetchval("SELECT redrives FROM coupon_requests WHERE user_id = 5")
+            assert redrives >= 1
+            assert await conn.fetchval("SELECT count(*) FROM user_coupons WHERE user_id = 5") == 1
+        finally:
+            await conn.close()
+    assert "re-drove" in system.log_of("relay")

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from couponrush.adapters.kafka import producer_config
+from tests.e2e.drop_checks import settled_totals
 from tests.support.kafka import find_record, read_all
 from tests.support.polling import eventually
 from tests.support.system import ADMIN_TOKEN, RunningSystem, coupon_body, create_coupon
@@ -84,24 +85,13 @@ async def test_300_concurrent_requests_from_200_users_for_50_coupons(
 
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {200, 409}, statuses
+    assert statuses[200] == 50  # the reserving gate tells OK exactly as many times as there are coupons
     assert all(r.json()["code"] == r.status_code for r in responses)
-    assert all(r.json()["data"]["reason"] == "SOLD_OUT" for r in responses if r.status_code == 409)
+    reasons = {r.json()["data"]["reason"] for r in responses if r.status_code == 409}
+    assert reasons <= {"SOLD_OUT", "ALREADY_REQUESTED"}
+    holders, decided = await settled_totals(system, coupon_id)
     conn = await system.db()
     try:
-        await eventually(
-            lambda: conn.fetchval(
-                "SELECT count(*) FROM coupon_requests WHERE coupon_id = $1 AND status = 'PENDING'", coupon_id
-            ),
-            lambda pending: pending == 0,
-            timeout=60,
-            what="every accepted request decided",
-        )
-        holders = [
-            r["user_id"] for r in await conn.fetch("SELECT user_id FROM user_coupons WHERE coupon_id = $1", coupon_id)
-        ]
-        decided = await conn.fetch(
-            "SELECT status, reason, count(*) AS n FROM coupon_requests WHERE coupon_id = $1 GROUP BY 1, 2", coupon_id
-        )
         issued_count = await conn.fetchval("SELECT issued_count FROM coupons WHERE id = $1", coupon_id)
     finally:
         await conn.close()
@@ -110,10 +100,9 @@ async def test_300_concurrent_requests_from_200_users_for_50_coupons(
     assert set(holders) <= set(users)
     assert issued_count == 50
     # Every accepted request was decided truthfully: issued, or refused with its reason recorded.
-    outcome = {(r["status"], r["reason"]): r["n"] for r in decided}
-    assert sum(outcome.values()) == statuses[200]
-    assert outcome[("ISSUED", None)] == 50
-    assert set(outcome) <= {("ISSUED", None), ("REJECTED", "SOLD_OUT"), ("REJECTED", "ALREADY_ISSUED")}
+    assert decided == Counter({("ISSUED", None): 50})  # every request told OK was issued, none refused later
+    told_ok = {u for u, r in zip(users, responses, strict=True) if r.status_code == 200}
+    assert told_ok == set(holders)
     redis = system.redis()
     assert await redis.get(f"coupon:available:{coupon_id}") == b"false"
     await redis.aclose()
@@ -244,5 +233,8 @@ async def test_closed_and_expired_coupons_are_refused_at_once_with_409(client: h
     async def ask() -> httpx.Response:
         return await client.post("/api/v1/users/1/coupons/publish", json={"couponId": expiring})
 
-    refused = await eventually(ask, lambda r: r.status_code == 409, timeout=10, interval=0.2, what="expiry")
-    assert refused.json()["data"]["reason"] == "EXPIRED"
+    # (the first ask may be admitted before expiry; after it, even a repeat is refused as EXPIRED)
+    refused = await eventually(
+        ask, lambda r: r.json()["data"].get("reason") == "EXPIRED", timeout=10, interval=0.2, what="expiry"
+    )
+    assert refused.status_code == 409

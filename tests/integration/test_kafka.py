@@ -84,7 +84,7 @@ async def test_a_dead_letter_carries_the_original_record_and_the_reason(
     sink = KafkaSink(broker.bootstrap, {topic: 1, topic + ".dlq": 1})
     record = InboundRecord(topic, 0, 41, b"9", b"{not json", {"request-id": b"abc"})
     try:
-        await KafkaDeadLetters(sink).park(record, "MALFORMED", "Invalid JSON: expected value")
+        assert await KafkaDeadLetters(sink).park(record, "MALFORMED", "Invalid JSON: expected value", asyncio.Event())
     finally:
         await sink.close()
 

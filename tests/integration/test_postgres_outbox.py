@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -94,3 +95,33 @@ async def test_migrations_are_applied_once_and_the_schema_is_current(pool: async
         assert await pending_migrations(conn) == []
         versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
     assert versions == [m.version for m in available_migrations()]
+
+
+async def test_a_request_pending_too_long_is_published_again_once(db: asyncpg.Pool) -> None:
+    log = PostgresRequestLog(db, "requests.v1")
+    stuck = publish_requested(user_id=7, coupon_id=3)
+    stuck = stuck.model_copy(update={"requested_at": stuck.requested_at - timedelta(seconds=60)})
+    fresh = publish_requested(user_id=8, coupon_id=3)
+    await log.record_accepted(stuck)
+    await log.record_accepted(fresh)
+    box = PostgresOutbox(db)
+    await box.mark_sent([row.id for row in await box.unsent(10)])  # the broker acknowledged both...
+
+    assert await log.redrive_stuck(older_than_s=30, limit=100) == 1  # ...and then lost the old one
+    [again] = await box.unsent(10)
+    assert again.message.headers["request-id"] == stuck.request_id
+    assert again.message.headers["redrive"] == "1"
+    assert PublishRequested.from_json(again.message.payload) == stuck
+    assert await log.redrive_stuck(older_than_s=30, limit=100) == 0  # not again while it is queued or recent
+
+
+async def test_decided_requests_and_queued_events_are_never_re_driven(db: asyncpg.Pool) -> None:
+    log = PostgresRequestLog(db, "requests.v1")
+    old = publish_requested(user_id=7, coupon_id=3)
+    queued = old.model_copy(update={"requested_at": old.requested_at - timedelta(seconds=60)})
+    await log.record_accepted(queued)  # its event is still unsent: the relay will send it
+    decided = publish_requested(user_id=8, coupon_id=3)
+    await log.record_accepted(decided.model_copy(update={"requested_at": queued.requested_at}))
+    await db.execute("UPDATE coupon_requests SET status = 'ISSUED' WHERE user_id = 8")
+    await db.execute("UPDATE outbox SET sent_at = now() WHERE headers->>'request-id' <> $1", queued.request_id)
+    assert await log.redrive_stuck(older_than_s=30, limit=100) == 0

@@ -1,61 +1,189 @@
-"""The report's Redis gate against real Redis: coupon:available:{couponId} and its companions."""
+"""The admission gates against real Redis: the reserving Lua scripts and the report's flag."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from redis.asyncio import Redis
 
-from couponrush.adapters.gate import RedisFlagGate
-from couponrush.domain.model import Coupon, CouponStatus, RejectReason
+from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate, gate_key, holders_key
+from couponrush.domain.model import Coupon, CouponStatus, GateSnapshot, RejectReason
 from couponrush.service.ports import GateState
 
 NOW = datetime.now(UTC)
 
 
-def coupon(*, issued: int = 0, expires_in: timedelta = timedelta(hours=1)) -> Coupon:
-    return Coupon(1, "c", Decimal("0.1"), 3, issued, CouponStatus.PUBLISHABLE, NOW + expires_in)
+def coupon(
+    *,
+    quantity: int = 3,
+    issued: int = 0,
+    expires_in: timedelta = timedelta(hours=1),
+    status: CouponStatus = CouponStatus.PUBLISHABLE,
+) -> Coupon:
+    return Coupon(1, "c", Decimal("0.1"), quantity, issued, status, NOW + expires_in)
 
 
-async def test_an_open_coupon_sets_the_reports_flag_true(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    await gate.sync(coupon(), NOW)
+async def holders(redis: Redis, coupon_id: int = 1) -> dict[bytes, bytes]:
+    result: dict[bytes, bytes] = await redis.hgetall(holders_key(coupon_id))  # type: ignore[misc]
+    return result
+
+
+async def whole_gate(redis: Redis, coupon_id: int = 1) -> dict[bytes, bytes]:
+    result: dict[bytes, bytes] = await redis.hgetall(gate_key(coupon_id))  # type: ignore[misc]
+    return result
+
+
+async def gate_field(redis: Redis, name: str, coupon_id: int = 1) -> bytes | None:
+    result: bytes | None = await redis.hget(gate_key(coupon_id), name)  # type: ignore[misc]
+    return result
+
+
+async def opened(redis: Redis, **kwargs: object) -> RedisReservingGate:
+    gate = RedisReservingGate(redis)
+    assert await gate.open(coupon(**kwargs), NOW, created=True)  # type: ignore[arg-type]
+    return gate
+
+
+async def test_keys_are_hash_tagged_by_coupon_so_a_script_touches_one_cluster_slot() -> None:
+    assert gate_key(42) == "coupon:{42}:gate"
+    assert holders_key(42) == "coupon:{42}:holders"
+
+
+async def test_admitting_reserves_one_unit_for_that_user_and_request(redis: Redis) -> None:
+    gate = await opened(redis, quantity=3)
+    assert (await gate.admit(1, 7, "r7", NOW)).state is GateState.ADMITTED
+    assert await holders(redis) == {b"7": b"r7"}
+    assert await gate_field(redis, "stock") == b"2"
     assert await redis.get("coupon:available:1") == b"true"
-    assert (await gate.check(1, NOW)).state is GateState.OPEN
 
 
-async def test_a_coupon_never_opened_is_missing_not_closed(redis: Redis) -> None:
-    assert (await RedisFlagGate(redis).check(1, NOW)).state is GateState.MISSING
-
-
-async def test_closing_sets_the_flag_false_and_remembers_why(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    await gate.sync(coupon(), NOW)
-    await gate.close(1, RejectReason.SOLD_OUT)
+async def test_the_last_unit_turns_the_reports_flag_false_at_once(redis: Redis) -> None:
+    gate = await opened(redis, quantity=2)
+    await gate.admit(1, 1, "a", NOW)
+    await gate.admit(1, 2, "b", NOW)
     assert await redis.get("coupon:available:1") == b"false"
-    verdict = await gate.check(1, NOW)
+    assert await redis.get("coupon:closed-reason:1") == b"SOLD_OUT"
+    verdict = await gate.admit(1, 3, "c", NOW)
     assert (verdict.state, verdict.reason) == (GateState.CLOSED, RejectReason.SOLD_OUT)
 
 
-async def test_a_sold_out_coupon_syncs_closed(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    await gate.sync(coupon(issued=3), NOW)
-    verdict = await gate.check(1, NOW)
-    assert (verdict.state, verdict.reason) == (GateState.CLOSED, RejectReason.SOLD_OUT)
+async def test_a_refusal_writes_nothing(redis: Redis) -> None:
+    gate = await opened(redis, quantity=1)
+    await gate.admit(1, 1, "a", NOW)
+    before = (await whole_gate(redis), await holders(redis))
+    assert (await gate.admit(1, 1, "again", NOW)).state is GateState.DUPLICATE
+    assert (await gate.admit(1, 2, "b", NOW)).reason is RejectReason.SOLD_OUT
+    assert (await whole_gate(redis), await holders(redis)) == before
 
 
-async def test_expiry_closes_the_gate_without_anyone_turning_it_off(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    await gate.sync(coupon(expires_in=timedelta(seconds=10)), NOW)
-    later = NOW + timedelta(seconds=11)
-    verdict = await gate.check(1, later)
+async def test_release_frees_only_the_unit_of_that_exact_request(redis: Redis) -> None:
+    gate = await opened(redis, quantity=1)
+    await gate.admit(1, 7, "first", NOW)
+    await gate.release(1, 7, "first")
+    await gate.admit(1, 7, "second", NOW)
+    await gate.release(1, 7, "first")  # late or repeated: must not free "second"
+    assert await holders(redis) == {b"7": b"second"}
+    assert await gate_field(redis, "stock") == b"0"
+
+
+async def test_a_released_unit_reopens_a_sold_out_coupon_and_its_flag(redis: Redis) -> None:
+    gate = await opened(redis, quantity=1)
+    await gate.admit(1, 7, "r", NOW)
+    assert await redis.get("coupon:available:1") == b"false"
+    await gate.release(1, 7, "r")
+    assert await redis.get("coupon:available:1") == b"true"
+    assert (await gate.admit(1, 8, "s", NOW)).state is GateState.ADMITTED
+
+
+async def test_expiry_refuses_at_the_instant_and_closes_the_flag(redis: Redis) -> None:
+    gate = await opened(redis, expires_in=timedelta(seconds=10))
+    verdict = await gate.admit(1, 7, "r", NOW + timedelta(seconds=10))
     assert (verdict.state, verdict.reason) == (GateState.CLOSED, RejectReason.EXPIRED)
     assert await redis.get("coupon:available:1") == b"false"
+    assert len(await holders(redis)) == 0
 
 
-async def test_a_rebuild_never_reopens_what_a_worker_closed(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    await gate.close(1, RejectReason.SOLD_OUT)  # the worker, after its commit
-    await gate.sync(coupon(), NOW, only_if_missing=True)  # an API instance rebuilding from a stale read
+async def test_closing_refuses_at_once_and_reopening_keeps_the_reservations(redis: Redis) -> None:
+    gate = await opened(redis, quantity=5)
+    await gate.admit(1, 7, "r", NOW)
+    await gate.close(1, RejectReason.NOT_OPEN)
+    assert (await gate.admit(1, 8, "s", NOW)).reason is RejectReason.NOT_OPEN
     assert await redis.get("coupon:available:1") == b"false"
+    assert await gate.open(coupon(quantity=5), NOW)
+    assert (await gate.admit(1, 8, "s", NOW)).state is GateState.ADMITTED
+    assert await holders(redis) == {b"7": b"r", b"8": b"s"}
+    assert await redis.get("coupon:available:1") == b"true"
+
+
+async def test_concurrent_admissions_never_reserve_more_than_the_quantity(redis: Redis) -> None:
+    gate = await opened(redis, quantity=50)
+    verdicts = await asyncio.gather(*(gate.admit(1, u % 300, f"r{u}", NOW) for u in range(1000)))
+    admitted = [v for v in verdicts if v.state is GateState.ADMITTED]
+    assert len(admitted) == 50
+    assert len(await holders(redis)) == 50
+    assert await gate_field(redis, "stock") == b"0"
+
+
+async def test_a_flushed_gate_is_missing_and_a_fenced_one_is_rebuilding(redis: Redis) -> None:
+    gate = await opened(redis)
+    await redis.flushdb()
+    assert (await gate.admit(1, 7, "r", NOW)).state is GateState.MISSING
+    assert await gate.missing([1, 2]) == [1, 2]
+    assert await gate.begin_rebuild(1, "t1", NOW, lease_s=30)
+    assert not await gate.begin_rebuild(1, "t2", NOW, lease_s=30)  # someone else is rebuilding
+    assert (await gate.admit(1, 7, "r", NOW)).state is GateState.REBUILDING
+    await gate.release(1, 7, "r")  # a release into a fenced gate changes nothing
+    assert len(await holders(redis)) == 0
+
+
+async def test_finishing_a_rebuild_writes_the_databases_reservations(redis: Redis) -> None:
+    gate = RedisReservingGate(redis)
+    assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
+    snapshot = GateSnapshot(coupon(quantity=5, issued=1), {10: "issued", 11: "pending"})
+    assert not await gate.finish_rebuild(1, "not-mine", snapshot, NOW)
+    assert await gate.finish_rebuild(1, "t", snapshot, NOW)
+    assert await holders(redis) == {b"10": b"issued", b"11": b"pending"}
+    assert await gate_field(redis, "stock") == b"3"
+    assert (await gate.admit(1, 11, "again", NOW)).state is GateState.DUPLICATE
+    assert (await gate.admit(1, 12, "new", NOW)).state is GateState.ADMITTED
+
+
+async def test_a_stale_fence_of_a_dead_rebuilder_can_be_taken_over(redis: Redis) -> None:
+    gate = RedisReservingGate(redis)
+    assert await gate.begin_rebuild(1, "dead", NOW, lease_s=1)
+    assert await gate.begin_rebuild(1, "alive", NOW + timedelta(seconds=2), lease_s=30)
+
+
+async def test_the_flag_gate_admits_while_the_flag_is_true_and_says_why_when_false(redis: Redis) -> None:
+    gate = RedisFlagGate(redis)
+    assert (await gate.admit(1, 7, "r", NOW)).state is GateState.MISSING
+    await gate.open(coupon(), NOW, created=True)
+    assert await redis.get("coupon:available:1") == b"true"
+    assert (await gate.admit(1, 7, "r", NOW)).state is GateState.ADMITTED
+    assert (await gate.admit(1, 7, "r2", NOW)).state is GateState.ADMITTED  # no memory of users
+    await gate.close(1, RejectReason.SOLD_OUT)
+    verdict = await gate.admit(1, 8, "s", NOW)
+    assert (verdict.state, verdict.reason) == (GateState.CLOSED, RejectReason.SOLD_OUT)
+
+
+async def test_the_flag_gate_never_reopens_what_a_worker_closed(redis: Redis) -> None:
+    gate = RedisFlagGate(redis)
+    await gate.close(1, RejectReason.SOLD_OUT)
+    await gate.finish_rebuild(1, "", GateSnapshot(coupon(), {}), NOW)
+    assert await redis.get("coupon:available:1") == b"false"
+
+
+async def test_an_aborted_rebuild_returns_the_gate_to_what_it_held(redis: Redis) -> None:
+    gate = await opened(redis, quantity=2)
+    await gate.admit(1, 7, "r", NOW)
+    assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
+    await gate.abort_rebuild(1, "other")  # not ours: nothing happens
+    assert (await gate.admit(1, 8, "s", NOW)).state is GateState.REBUILDING
+    await gate.abort_rebuild(1, "t")
+    assert (await gate.admit(1, 8, "s", NOW)).state is GateState.ADMITTED
+    await redis.flushdb()
+    assert await gate.begin_rebuild(1, "u", NOW, lease_s=30)
+    await gate.abort_rebuild(1, "u")
+    assert (await gate.admit(1, 9, "x", NOW)).state is GateState.MISSING

@@ -11,6 +11,8 @@ from datetime import datetime
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import (
     Coupon,
+    CouponStatus,
+    GateSnapshot,
     IssueOutcome,
     NewCoupon,
     RejectReason,
@@ -22,33 +24,92 @@ from couponrush.service.ports import GateState, GateVerdict, InboundRecord, Outb
 
 @dataclass
 class FakeGate:
-    flags: dict[int, bool] = field(default_factory=dict)
+    """An in-memory reserving gate with the same rules as the Lua one (or a flag gate: reserves=False)."""
+
+    reserves: bool = True
+    open_: dict[int, bool] = field(default_factory=dict)
     reasons: dict[int, RejectReason] = field(default_factory=dict)
+    expires: dict[int, datetime] = field(default_factory=dict)
+    stock: dict[int, int] = field(default_factory=dict)
+    holders: dict[int, dict[int, str]] = field(default_factory=dict)
+    rebuilding: dict[int, str] = field(default_factory=dict)
     closes: list[tuple[int, RejectReason]] = field(default_factory=list)
     fail_closes: int = 0
 
-    async def check(self, coupon_id: int, now: datetime) -> GateVerdict:
-        if coupon_id not in self.flags:
-            return GateVerdict(GateState.MISSING)
-        if self.flags[coupon_id]:
-            return GateVerdict(GateState.OPEN)
-        return GateVerdict(GateState.CLOSED, self.reasons.get(coupon_id, RejectReason.SOLD_OUT))
+    def forget(self, coupon_id: int) -> None:
+        """What a Redis flush does to one coupon."""
+        for state in (self.open_, self.reasons, self.expires, self.stock, self.holders, self.rebuilding):
+            state.pop(coupon_id, None)
 
-    async def sync(self, coupon: Coupon, now: datetime, *, only_if_missing: bool = False) -> None:
-        if only_if_missing and coupon.id in self.flags:
+    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
+        if coupon_id in self.rebuilding:
+            return GateVerdict(GateState.REBUILDING)
+        if coupon_id not in self.open_:
+            return GateVerdict(GateState.MISSING)
+        if not self.open_[coupon_id]:
+            return GateVerdict(GateState.CLOSED, self.reasons.get(coupon_id, RejectReason.NOT_OPEN))
+        if now >= self.expires[coupon_id]:
+            return GateVerdict(GateState.CLOSED, RejectReason.EXPIRED)
+        if not self.reserves:
+            return GateVerdict(GateState.ADMITTED)
+        if user_id in self.holders[coupon_id]:
+            return GateVerdict(GateState.DUPLICATE)
+        if self.stock[coupon_id] <= 0:
+            return GateVerdict(GateState.CLOSED, RejectReason.SOLD_OUT)
+        self.holders[coupon_id][user_id] = request_id
+        self.stock[coupon_id] -= 1
+        return GateVerdict(GateState.ADMITTED)
+
+    async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
+        if coupon_id in self.rebuilding or coupon_id not in self.open_:
             return
-        reason = coupon.closed_reason(now)
-        self.flags[coupon.id] = reason is None
-        if reason is not None:
-            self.reasons[coupon.id] = reason
+        if self.holders[coupon_id].get(user_id) == request_id:
+            del self.holders[coupon_id][user_id]
+            self.stock[coupon_id] += 1
+
+    async def open(self, coupon: Coupon, now: datetime, *, created: bool = False) -> bool:
+        if not created and coupon.id not in self.open_:
+            return False
+        if created:
+            self.stock[coupon.id] = coupon.quantity
+            self.holders[coupon.id] = {}
+            self.expires[coupon.id] = coupon.expired_at
+        self.open_[coupon.id] = coupon.status is CouponStatus.PUBLISHABLE
+        return True
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None:
         if self.fail_closes > 0:
             self.fail_closes -= 1
             raise ConnectionError("redis is away")
-        self.flags[coupon_id] = False
-        self.reasons[coupon_id] = reason
+        if reason is RejectReason.NOT_OPEN and coupon_id in self.open_:
+            self.open_[coupon_id] = False
+            self.reasons[coupon_id] = reason
         self.closes.append((coupon_id, reason))
+
+    async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
+        return [c for c in coupon_ids if c not in self.open_]
+
+    async def begin_rebuild(self, coupon_id: int, token: str, now: datetime, lease_s: float) -> bool:
+        if self.rebuilding.get(coupon_id, token) != token:
+            return False
+        self.rebuilding[coupon_id] = token
+        return True
+
+    async def abort_rebuild(self, coupon_id: int, token: str) -> None:
+        if self.rebuilding.get(coupon_id) == token:
+            del self.rebuilding[coupon_id]
+
+    async def finish_rebuild(self, coupon_id: int, token: str, snapshot: GateSnapshot, now: datetime) -> bool:
+        if self.reserves:  # the flag gate reserves nothing, so it fences nothing
+            if self.rebuilding.get(coupon_id) != token:
+                return False
+            del self.rebuilding[coupon_id]
+        coupon = snapshot.coupon
+        self.open_[coupon_id] = coupon.status is CouponStatus.PUBLISHABLE
+        self.expires[coupon_id] = coupon.expired_at
+        self.holders[coupon_id] = dict(snapshot.reservations)
+        self.stock[coupon_id] = snapshot.stock
+        return True
 
 
 @dataclass
@@ -75,16 +136,33 @@ class FakeCoupons:
     async def held_by(self, user_id: int) -> list[UserCoupon]:
         return [h for h in self.held if h.user_id == user_id]
 
+    async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None:
+        coupon = self.coupons.get(coupon_id)
+        if coupon is None:
+            return None
+        self.coupons[coupon_id] = dataclasses.replace(coupon, status=status)
+        return self.coupons[coupon_id]
+
 
 @dataclass
 class FakeRequestLog:
     accepted: list[PublishRequested] = field(default_factory=list)
     fail: bool = False
 
+    fail_after_commit: bool = False
+    unreachable: bool = False
+
     async def record_accepted(self, event: PublishRequested) -> None:
         if self.fail:
             raise ConnectionError("database is away")
         self.accepted.append(event)
+        if self.fail_after_commit:
+            raise TimeoutError("connection lost during COMMIT")
+
+    async def exists(self, request_id: str) -> bool:
+        if self.unreachable:
+            raise ConnectionError("database is away")
+        return any(e.request_id == request_id for e in self.accepted)
 
 
 @dataclass
@@ -148,8 +226,9 @@ class FakeSource:
 class FakeDeadLetters:
     parked: list[tuple[InboundRecord, str, str]] = field(default_factory=list)
 
-    async def park(self, record: InboundRecord, reason: str, error: str) -> None:
+    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
         self.parked.append((record, reason, error))
+        return True
 
 
 @dataclass
@@ -191,3 +270,35 @@ class FakeSink:
                 self.delivered.append(message)
                 results.append(None)
         return results
+
+
+@dataclass
+class FakeSnapshots:
+    """The database's view for a rebuild: coupons, and requests with their outcome."""
+
+    coupons: FakeCoupons
+    requests: dict[str, tuple[int, int, RequestStatus]] = field(default_factory=dict)  # id -> coupon, user, status
+
+    async def snapshot(self, coupon_id: int) -> GateSnapshot | None:
+        coupon = self.coupons.coupons.get(coupon_id)
+        if coupon is None:
+            return None
+        reservations = {
+            user: request_id
+            for request_id, (c, user, status) in self.requests.items()
+            if c == coupon_id and status is not RequestStatus.REJECTED
+        }
+        return GateSnapshot(coupon, reservations)
+
+    async def open_coupon_ids(self, now: datetime) -> list[int]:
+        return [c.id for c in self.coupons.coupons.values() if c.is_open(now) or c.remaining_quantity == 0]
+
+    async def rejected(self, request_ids: Sequence[str]) -> list[tuple[int, int, str]]:
+        return [
+            (self.requests[r][0], self.requests[r][1], r)
+            for r in request_ids
+            if r in self.requests and self.requests[r][2] is RequestStatus.REJECTED
+        ]
+
+    async def newly_expired(self, since: datetime, now: datetime) -> list[int]:
+        return [c.id for c in self.coupons.coupons.values() if since < c.expired_at <= now]

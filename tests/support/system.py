@@ -34,6 +34,7 @@ class RunningSystem:
     database_url: str
     redis_url: str
     broker: EmbeddedBroker
+    extra_env: dict[str, str] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, IO[bytes]] = field(default_factory=dict)
@@ -53,6 +54,7 @@ class RunningSystem:
             "COUPONRUSH_HTTP_PORT": str(self.http_port),
             "COUPONRUSH_ADMIN_TOKEN": ADMIN_TOKEN,
             "COUPONRUSH_LOG_LEVEL": "INFO",
+            **self.extra_env,
         }
 
     def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -60,11 +62,39 @@ class RunningSystem:
             [sys.executable, "-m", "couponrush", *args], env=self.env, capture_output=True, timeout=60, check=True
         )
 
-    def start(self, role: str) -> None:
-        log = self.logs[role] = (self.log_dir / f"{self.name}-{role}.log").open("ab")
-        self.processes[role] = subprocess.Popen(
-            [sys.executable, "-m", "couponrush", role], env=self.env, stdout=log, stderr=subprocess.STDOUT
+    def start(self, role: str, *, name: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start one role's process; ``name`` tells apart several processes of one role."""
+        key = name or role
+        log = self.logs[key] = (self.log_dir / f"{self.name}-{key}.log").open("ab")
+        self.processes[key] = subprocess.Popen(
+            [sys.executable, "-m", "couponrush", role],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+
+    async def wait_worker_assigned(self, times: int = 1) -> None:
+        """Wait until the worker got partitions ``times`` times (its log is appended across restarts).
+
+        Stopping a worker before it joined its group stalls Tansu's group for minutes (docs/OPERATIONS.md),
+        so tests that stop workers first wait for this.
+        """
+
+        async def assignments() -> int:
+            return self.worker_assignments()
+
+        await eventually(assignments, lambda n: n >= times, timeout=30, what=f"worker assigned {times} time(s)")
+
+    def worker_assignments(self) -> int:
+        return self.log_of("worker").count("assigned partitions")
+
+    async def start_second_api(self) -> str:
+        """Another API process on its own port, sharing everything else; returns its base URL."""
+        port = free_port()
+        self.start("api", name="api2", env={"COUPONRUSH_HTTP_PORT": str(port)})
+        url = f"http://127.0.0.1:{port}"
+        await _wait_ready(url)
+        return url
 
     def stop(self, role: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         process = self.processes.pop(role)
@@ -85,15 +115,7 @@ class RunningSystem:
         return path.read_text(errors="replace") if path.exists() else ""
 
     async def wait_ready(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url) as client:
-
-            async def ready() -> int:
-                try:
-                    return (await client.get("/health/ready")).status_code
-                except httpx.HTTPError:
-                    return 0
-
-            await eventually(ready, lambda s: s == 200, timeout=30, what="the API answering ready")
+        await _wait_ready(self.base_url)
 
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.database_url)
@@ -102,7 +124,21 @@ class RunningSystem:
         return Redis.from_url(self.redis_url)
 
 
-async def start_system(name: str, log_dir: Path, *, db_name: str, redis_db: int) -> RunningSystem:
+async def _wait_ready(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+
+        async def ready() -> int:
+            try:
+                return (await client.get("/health/ready")).status_code
+            except httpx.HTTPError:
+                return 0
+
+        await eventually(ready, lambda s: s == 200, timeout=30, what=f"the API at {base_url} answering ready")
+
+
+async def start_system(
+    name: str, log_dir: Path, *, db_name: str, redis_db: int, extra_env: dict[str, str] | None = None
+) -> RunningSystem:
     admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
@@ -120,11 +156,13 @@ async def start_system(name: str, log_dir: Path, *, db_name: str, redis_db: int)
         database_url=f"postgresql://postgres@127.0.0.1:5432/{db_name}",
         redis_url=redis_url,
         broker=broker,
+        extra_env=extra_env or {},
     )
     system.run("migrate")  # creates the database and applies the schema, as an operator would
     for role in ROLES:
         system.start(role)
     await system.wait_ready()
+    await system.wait_worker_assigned()
     return system
 
 

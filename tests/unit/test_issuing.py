@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ async def make(quantity: int) -> tuple[IssuingService, FakeGate, FakeCoupons]:
     coupon = await coupons.create(
         NewCoupon("c", Decimal("0.2"), quantity, CouponStatus.PUBLISHABLE, NOW + timedelta(hours=1))
     )
-    await gate.sync(coupon, NOW)
+    await gate.open(coupon, NOW, created=True)
     return IssuingService(issuer=FakeIssuer(coupons), gate=gate, clock=lambda: NOW), gate, coupons
 
 
@@ -44,7 +45,28 @@ async def test_a_refusal_for_stock_is_recorded_with_its_reason_and_closes_the_ga
     await service.handle(request("r1", 1))
     outcome = await service.handle(request("r2", 2))
     assert (outcome.status, outcome.reason) == (RequestStatus.REJECTED, RejectReason.SOLD_OUT)
-    assert gate.flags[1] is False
+    assert gate.closes[-1] == (1, RejectReason.SOLD_OUT)
+
+
+async def test_a_refused_reserved_request_gives_its_unit_back() -> None:
+    service, gate, coupons = await make(quantity=2)
+    await gate.admit(1, 5, "r1", NOW)
+    assert gate.stock[1] == 1
+    coupons.coupons[1] = dataclasses.replace(coupons.coupons[1], expired_at=NOW)  # expired in between
+    outcome = await service.handle(request("r1", 5))
+    assert outcome.reason is RejectReason.EXPIRED
+    assert gate.holders[1] == {}
+    assert gate.stock[1] == 2
+
+
+async def test_a_duplicate_refusal_keeps_the_unit_the_users_coupon_holds() -> None:
+    service, gate, _ = await make(quantity=3)
+    await gate.admit(1, 5, "r1", NOW)
+    await service.handle(request("r1", 5))
+    outcome = await service.handle(request("r2", 5))  # slipped past a gate, refused by the database
+    assert outcome.reason is RejectReason.ALREADY_ISSUED
+    assert gate.holders[1] == {5: "r1"}
+    assert gate.stock[1] == 2
 
 
 async def test_a_second_request_of_the_same_user_is_refused_as_a_duplicate() -> None:

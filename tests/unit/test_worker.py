@@ -9,7 +9,7 @@ from decimal import Decimal
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import CouponStatus, NewCoupon
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import InboundRecord
+from couponrush.service.ports import InboundRecord, UnprocessableEvent
 from couponrush.service.worker import Worker
 from tests.support.fakes import FakeCoupons, FakeDeadLetters, FakeGate, FakeIssuer, FakeSource
 
@@ -80,3 +80,22 @@ async def test_stopping_while_the_database_is_away_commits_only_what_was_settled
     issuer.issue = fail_after_first  # type: ignore[method-assign,assignment]
     await asyncio.wait_for(Worker(source=source, issuing=service, dead_letters=FakeDeadLetters()).run(stop), 5)
     assert [r.offset for r in source.committed[0]] == [0]
+
+
+async def test_an_event_the_database_can_never_store_is_parked_not_retried_forever() -> None:
+    coupons = await coupons_with_stock(5)
+    issuer = FakeIssuer(coupons)
+    original = issuer.issue
+
+    async def refuse_r1(event: PublishRequested, now: datetime) -> object:
+        if event.request_id == "r1":
+            raise UnprocessableEvent("DataError: invalid byte sequence")
+        return await original(event, now)
+
+    issuer.issue = refuse_r1  # type: ignore[method-assign,assignment]
+    source = FakeSource([[record(0, request("r1", 7)), record(1, request("r2", 8))]])
+    dead = FakeDeadLetters()
+    await run_until_drained(source, issuer, dead)
+    assert [(r.offset, reason) for r, reason, _ in dead.parked] == [(0, "UNPROCESSABLE")]
+    assert [h.user_id for h in coupons.held] == [8]  # the partition moved on
+    assert [r.offset for r in source.committed[0]] == [0, 1]

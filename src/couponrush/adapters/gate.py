@@ -1,20 +1,36 @@
-"""The report's Redis gate: ``coupon:available:{couponId}`` is ``true`` or ``false``.
+"""The admission gate in Redis. Two kinds, selected by COUPONRUSH_ADMISSION:
 
-Two companion keys let a refusal say why without a database read:
-``coupon:closed-reason:{couponId}`` (SOLD_OUT, NOT_OPEN, EXPIRED) and
-``coupon:expires-at:{couponId}`` (epoch milliseconds), so an expired coupon is refused at
-the gate even before anything turned its flag off.
+``reserve`` (default): one Lua script per request checks everything and, only then, reserves one
+unit for this user. Its keys carry the coupon id as a hash tag, so each script touches one Redis
+Cluster slot:
+
+- ``coupon:{id}:gate``: hash of ``open`` (1/0), ``reason`` (why closed), ``expires_at`` (epoch ms),
+  ``quantity``, ``stock`` (units not yet reserved), and ``rebuilding`` while it is rebuilt;
+- ``coupon:{id}:holders``: hash user id -> request id holding that user's unit (issued or pending).
+  Releasing names the request, so a late or repeated release can never free another request's unit.
+
+``flag``: the report's gate, which reads ``coupon:available:{couponId}`` only (kept for comparison).
+
+Both keep the report's flag ``coupon:available:{couponId}`` (``true``/``false``) and two companions,
+``coupon:closed-reason:{couponId}`` and ``coupon:expires-at:{couponId}``. The flag lives in another
+cluster slot than the gate, so the reserving gate sets it right after its script (when the last unit
+is reserved, when a released unit reopens a sold-out coupon, when the gate closes or opens): it is a
+view for the report's readers and the flag gate; the reserving gate itself never reads it.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from redis.asyncio import Redis
 
-from couponrush.domain.model import Coupon, RejectReason
+from couponrush.domain.model import Coupon, GateSnapshot, RejectReason
 from couponrush.service.ports import GateState, GateVerdict
+
+log = logging.getLogger(__name__)
 
 
 def available_key(coupon_id: int) -> str:
@@ -29,8 +45,20 @@ def expires_at_key(coupon_id: int) -> str:
     return f"coupon:expires-at:{coupon_id}"
 
 
+def gate_key(coupon_id: int) -> str:
+    return f"coupon:{{{coupon_id}}}:gate"
+
+
+def holders_key(coupon_id: int) -> str:
+    return f"coupon:{{{coupon_id}}}:holders"
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
 # KEYS: flag, reason, expires-at. ARGV: flag value, reason ("" for none), expires-at ms, only-if-missing.
-_SYNC = """
+_SET_FLAG = """
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[3])
@@ -39,15 +67,46 @@ return 1
 """
 
 
-def _epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+@dataclass(frozen=True, slots=True)
+class ReportFlag:
+    """Writes the report's flag and its companions (one slot per key; each write is one script)."""
+
+    redis: Redis
+
+    async def set(
+        self, coupon_id: int, reason: RejectReason | None, expires_at_ms: int, *, only_if_missing: bool = False
+    ) -> None:
+        await self.redis.eval(  # type: ignore[misc]
+            _SET_FLAG,
+            3,
+            available_key(coupon_id),
+            closed_reason_key(coupon_id),
+            expires_at_key(coupon_id),
+            "true" if reason is None else "false",
+            "" if reason is None else reason.value,
+            str(expires_at_ms),
+            "1" if only_if_missing else "0",
+        )
+
+    async def close(self, coupon_id: int, reason: RejectReason) -> None:
+        await self.redis.mset({available_key(coupon_id): "false", closed_reason_key(coupon_id): reason.value})
 
 
 @dataclass(frozen=True, slots=True)
 class RedisFlagGate:
+    """The report's gate: admit while ``coupon:available:{id}`` is ``true``. Reserves nothing."""
+
     redis: Redis
 
-    async def check(self, coupon_id: int, now: datetime) -> GateVerdict:
+    @property
+    def reserves(self) -> bool:
+        return False
+
+    @property
+    def flag(self) -> ReportFlag:
+        return ReportFlag(self.redis)
+
+    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
         flag, reason, expires_at = await self.redis.mget(
             available_key(coupon_id), closed_reason_key(coupon_id), expires_at_key(coupon_id)
         )
@@ -59,21 +118,240 @@ class RedisFlagGate:
         if expires_at is not None and _epoch_ms(now) >= int(expires_at):
             await self.close(coupon_id, RejectReason.EXPIRED)
             return GateVerdict(GateState.CLOSED, RejectReason.EXPIRED)
-        return GateVerdict(GateState.OPEN)
+        return GateVerdict(GateState.ADMITTED)
 
-    async def sync(self, coupon: Coupon, now: datetime, *, only_if_missing: bool = False) -> None:
-        reason = coupon.closed_reason(now)
-        await self.redis.eval(  # type: ignore[misc]
-            _SYNC,
-            3,
-            available_key(coupon.id),
-            closed_reason_key(coupon.id),
-            expires_at_key(coupon.id),
-            "true" if reason is None else "false",
-            "" if reason is None else reason.value,
-            str(_epoch_ms(coupon.expired_at)),
-            "1" if only_if_missing else "0",
-        )
+    async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
+        return None  # nothing was reserved
+
+    async def open(self, coupon: Coupon, now: datetime, *, created: bool = False) -> bool:
+        await self.flag.set(coupon.id, coupon.closed_reason(now), _epoch_ms(coupon.expired_at))
+        return True
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None:
-        await self.redis.mset({available_key(coupon_id): "false", closed_reason_key(coupon_id): reason.value})
+        await self.flag.close(coupon_id, reason)
+
+    async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
+        if not coupon_ids:
+            return []
+        flags = await self.redis.mget([available_key(c) for c in coupon_ids])
+        return [c for c, flag in zip(coupon_ids, flags, strict=True) if flag is None]
+
+    async def begin_rebuild(self, coupon_id: int, token: str, now: datetime, lease_s: float) -> bool:
+        return True  # nothing reserved, nothing to fence
+
+    async def abort_rebuild(self, coupon_id: int, token: str) -> None:
+        return None
+
+    async def finish_rebuild(self, coupon_id: int, token: str, snapshot: GateSnapshot, now: datetime) -> bool:
+        coupon = snapshot.coupon
+        # Never re-open what a worker closed meanwhile: only fill in a missing flag.
+        await self.flag.set(coupon.id, coupon.closed_reason(now), _epoch_ms(coupon.expired_at), only_if_missing=True)
+        return True
+
+
+# KEYS: gate, holders. ARGV: user id, request id, now ms.
+# Every check comes before any write, so a refusal changes nothing.
+_ADMIT = """
+local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open', 'reason', 'expires_at', 'stock')
+if g[1] then return {'REBUILDING'} end
+if not g[2] then return {'MISSING'} end
+if g[2] ~= '1' then return {'CLOSED', g[3] or 'NOT_OPEN'} end
+if tonumber(ARGV[3]) >= tonumber(g[4]) then return {'CLOSED', 'EXPIRED'} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUPLICATE'} end
+if tonumber(g[5]) <= 0 then return {'CLOSED', 'SOLD_OUT'} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return {'ADMITTED', redis.call('HINCRBY', KEYS[1], 'stock', -1)}
+"""
+
+# KEYS: gate, holders. ARGV: user id, request id. Returns the stock after, or -1 if nothing was released.
+# A gate without state (flushed) or being rebuilt is left alone: the rebuild counts from the database.
+_RELEASE = """
+local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open')
+if g[1] or not g[2] then return -1 end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'stock', 1)
+"""
+
+# KEYS: gate. ARGV: open flag, reason. Only where the gate has state (else 0: a rebuild is needed).
+_SET_OPEN = """
+if redis.call('HEXISTS', KEYS[1], 'open') == 0 or redis.call('HEXISTS', KEYS[1], 'rebuilding') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2])
+return 1
+"""
+
+# KEYS: gate, holders. ARGV: open, reason, expires_at, quantity, stock. Creates a gate only if none exists.
+_INIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2], 'expires_at', ARGV[3], 'quantity', ARGV[4],
+           'stock', ARGV[5])
+return 1
+"""
+
+# KEYS: gate. ARGV: token, now ms, lease ms. Fences admissions; a stale fence (rebuilder died) can be taken over.
+_BEGIN_REBUILD = """
+local holder = redis.call('HGET', KEYS[1], 'rebuilding')
+if holder and holder ~= ARGV[1] then
+  local until_ms = tonumber(redis.call('HGET', KEYS[1], 'rebuild_until') or '0')
+  if tonumber(ARGV[2]) < until_ms then return 0 end
+end
+redis.call('HSET', KEYS[1], 'rebuilding', ARGV[1], 'rebuild_until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS: gate, holders. ARGV: token, open, reason, expires_at, quantity, stock, then user/request pairs.
+_FINISH_REBUILD = """
+if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'open', ARGV[2], 'reason', ARGV[3], 'expires_at', ARGV[4], 'quantity', ARGV[5],
+           'stock', ARGV[6])
+return 1
+"""
+
+# KEYS: gate. ARGV: token. Lifts the fence; a gate that had no state goes back to missing.
+_ABORT_REBUILD = """
+if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'open') == 1 then
+  redis.call('HDEL', KEYS[1], 'rebuilding', 'rebuild_until')
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+# KEYS: gate. Returns open, reason, expires_at, stock (for the report's flag).
+_READ = "return redis.call('HMGET', KEYS[1], 'open', 'reason', 'expires_at', 'stock')"
+
+
+def _gate_fields(coupon: Coupon, now: datetime) -> tuple[str, str]:
+    """The gate's own ``open``/``reason``: only an administrator's close is stored; expiry and stock are derived."""
+    reason = coupon.closed_reason(now)
+    if reason is RejectReason.NOT_OPEN:
+        return "0", reason.value
+    return "1", ""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisReservingGate:
+    """Admits a request only by reserving one unit for it, atomically, in one round trip."""
+
+    redis: Redis
+
+    @property
+    def reserves(self) -> bool:
+        return True
+
+    @property
+    def flag(self) -> ReportFlag:
+        return ReportFlag(self.redis)
+
+    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
+        answer = await self.redis.eval(  # type: ignore[misc]
+            _ADMIT, 2, gate_key(coupon_id), holders_key(coupon_id), str(user_id), request_id, str(_epoch_ms(now))
+        )
+        state = answer[0].decode()
+        if state == "ADMITTED":
+            if int(answer[1]) == 0:  # this request took the last unit: the report's flag turns false now
+                try:
+                    await self.flag.close(coupon_id, RejectReason.SOLD_OUT)
+                except Exception:
+                    # The unit is reserved; the flag is only a view, and the worker sets it after commit.
+                    log.warning("could not turn the flag of coupon %s false", coupon_id, exc_info=True)
+            return GateVerdict(GateState.ADMITTED)
+        if state == "CLOSED":
+            reason = RejectReason(answer[1].decode())
+            if reason is RejectReason.EXPIRED:
+                await self.close(coupon_id, reason)
+            return GateVerdict(GateState.CLOSED, reason)
+        return GateVerdict(GateState[state])
+
+    async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
+        stock = await self.redis.eval(  # type: ignore[misc]
+            _RELEASE, 2, gate_key(coupon_id), holders_key(coupon_id), str(user_id), request_id
+        )
+        if int(stock) == 1:  # a sold-out coupon has a unit again
+            await self._refresh_flag(coupon_id)
+
+    async def open(self, coupon: Coupon, now: datetime, *, created: bool = False) -> bool:
+        is_open, reason = _gate_fields(coupon, now)
+        if created:
+            # A new coupon has no requests yet, so its whole quantity is stock.
+            done = await self.redis.eval(  # type: ignore[misc]
+                _INIT,
+                2,
+                gate_key(coupon.id),
+                holders_key(coupon.id),
+                is_open,
+                reason,
+                str(_epoch_ms(coupon.expired_at)),
+                str(coupon.quantity),
+                str(coupon.quantity),
+            )
+        else:
+            # An existing coupon's stock depends on its pending requests: only flip ``open`` where the
+            # gate has state; otherwise the caller rebuilds it from the database.
+            done = await self.redis.eval(_SET_OPEN, 1, gate_key(coupon.id), is_open, reason)  # type: ignore[misc]
+        if not done:
+            return False
+        await self._refresh_flag(coupon.id)
+        return True
+
+    async def close(self, coupon_id: int, reason: RejectReason) -> None:
+        if reason is RejectReason.NOT_OPEN:
+            await self.redis.eval(_SET_OPEN, 1, gate_key(coupon_id), "0", reason.value)  # type: ignore[misc]
+        # Expiry and stock are checked by the script itself; the flag follows in every case.
+        await self.flag.close(coupon_id, reason)
+
+    async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for coupon_id in coupon_ids:
+                pipe.hexists(gate_key(coupon_id), "open")
+            present = await pipe.execute()
+        return [c for c, has in zip(coupon_ids, present, strict=True) if not has]
+
+    async def begin_rebuild(self, coupon_id: int, token: str, now: datetime, lease_s: float) -> bool:
+        fenced = await self.redis.eval(  # type: ignore[misc]
+            _BEGIN_REBUILD, 1, gate_key(coupon_id), token, str(_epoch_ms(now)), str(int(lease_s * 1000))
+        )
+        return bool(fenced)
+
+    async def finish_rebuild(self, coupon_id: int, token: str, snapshot: GateSnapshot, now: datetime) -> bool:
+        coupon = snapshot.coupon
+        is_open, reason = _gate_fields(coupon, now)
+        pairs: list[str] = []
+        for user_id, request_id in snapshot.reservations.items():
+            pairs.extend((str(user_id), request_id))
+        done = await self.redis.eval(  # type: ignore[misc]
+            _FINISH_REBUILD,
+            2,
+            gate_key(coupon_id),
+            holders_key(coupon_id),
+            token,
+            is_open,
+            reason,
+            str(_epoch_ms(coupon.expired_at)),
+            str(coupon.quantity),
+            str(snapshot.stock),
+            *pairs,
+        )
+        if done:
+            await self._refresh_flag(coupon_id)
+        return bool(done)
+
+    async def abort_rebuild(self, coupon_id: int, token: str) -> None:
+        await self.redis.eval(_ABORT_REBUILD, 1, gate_key(coupon_id), token)  # type: ignore[misc]
+
+    async def _refresh_flag(self, coupon_id: int) -> None:
+        is_open, reason, expires_at, stock = await self.redis.eval(_READ, 1, gate_key(coupon_id))  # type: ignore[misc]
+        if is_open is None:
+            return
+        closed: RejectReason | None = None
+        if is_open != b"1":
+            closed = RejectReason(reason.decode()) if reason else RejectReason.NOT_OPEN
+        elif int(stock) <= 0:
+            closed = RejectReason.SOLD_OUT
+        await self.flag.set(coupon_id, closed, int(expires_at))

@@ -19,7 +19,7 @@ from couponrush.adapters.coupons import COUPON_COLUMNS, coupon_from_record
 from couponrush.adapters.db import Connection
 from couponrush.domain.events import Published, PublishRequested
 from couponrush.domain.model import Coupon, IssueOutcome, RejectReason, RequestStatus
-from couponrush.service.ports import OutboundMessage
+from couponrush.service.ports import OutboundMessage, UnprocessableEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,13 @@ class PostgresIssuer:
     published_topic: str
 
     async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
+        try:
+            return await self._issue(event, now)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            # The database refuses this event's data itself: retrying can never succeed.
+            raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
         async with self.pool.acquire() as conn, conn.transaction():
             # An event normally arrives with its request row already written at admission;
             # registering it here too makes the worker correct for any well-formed event.

@@ -263,6 +263,14 @@ def _record(message: Message) -> InboundRecord:
     )
 
 
+def _log_assignment(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    log.info("assigned partitions: %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "none")
+
+
+def _log_revocation(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    log.info("revoked partitions: %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "none")
+
+
 _TOPIC_GONE = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 
 
@@ -286,7 +294,7 @@ class KafkaSource:
             ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
         )
         consumer = Consumer(self.config)
-        consumer.subscribe(list(self.topics))
+        consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
         self._consumer = consumer
         self._stale = False
 
@@ -361,7 +369,7 @@ class KafkaDeadLetters:
 
     sink: KafkaSink
 
-    async def park(self, record: InboundRecord, reason: str, error: str) -> None:
+    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
         headers = {k: v.decode("utf-8", "replace") for k, v in record.headers.items()}
         headers.update(
             {
@@ -378,9 +386,11 @@ class KafkaDeadLetters:
             payload=record.value or b"",
             headers=headers,
         )
-        while True:
+        while not stop.is_set():
             [failure] = await self.sink.send_all([message])
             if failure is None:
-                return
+                return True
             log.warning("could not park a dead letter yet, retrying: %s", failure)
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return False

@@ -8,6 +8,7 @@ import asyncpg
 
 from couponrush.adapters import outbox
 from couponrush.domain.events import PublishRequested
+from couponrush.domain.model import RejectReason, RequestStatus, RequestView
 from couponrush.service.ports import OutboundMessage
 
 
@@ -36,3 +37,67 @@ class PostgresRequestLog:
                 event.requested_at,
             )
             await outbox.enqueue(conn, publish_requested_message(self.topic, event))
+
+    async def redrive_stuck(self, older_than_s: float, limit: int) -> int:
+        """Publish again the requests pending for longer than ``older_than_s`` whose event is not queued.
+
+        Each is re-driven at most once per ``older_than_s``. Issuing is idempotent per request id,
+        so a re-drive of a request that was merely slow can never issue twice.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "WITH stuck AS ("
+                "  SELECT request_id FROM coupon_requests r"
+                "  WHERE status = 'PENDING' AND requested_at < now() - make_interval(secs => $1)"
+                "    AND (redriven_at IS NULL OR redriven_at < now() - make_interval(secs => $1))"
+                "    AND NOT EXISTS (SELECT 1 FROM outbox o"
+                "                    WHERE o.sent_at IS NULL AND o.headers->>'request-id' = r.request_id)"
+                "  ORDER BY requested_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE coupon_requests r SET redriven_at = now(), redrives = redrives + 1 FROM stuck"
+                " WHERE r.request_id = stuck.request_id"
+                " RETURNING r.request_id, r.user_id, r.coupon_id, r.requested_at, r.redrives",
+                older_than_s,
+                limit,
+            )
+            for row in sorted(rows, key=lambda r: r["requested_at"]):
+                event = PublishRequested(
+                    request_id=row["request_id"],
+                    user_id=row["user_id"],
+                    coupon_id=row["coupon_id"],
+                    requested_at=row["requested_at"],
+                )
+                message = publish_requested_message(self.topic, event)
+                headers = {**message.headers, "redrive": str(row["redrives"])}
+                await outbox.enqueue(conn, OutboundMessage(message.topic, message.key, message.payload, headers))
+        return len(rows)
+
+    async def exists(self, request_id: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT 1 FROM coupon_requests WHERE request_id = $1", request_id))
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresRequestStatus:
+    pool: asyncpg.Pool
+
+    async def latest(self, user_id: int, coupon_id: int) -> RequestView | None:
+        record = await self.pool.fetchrow(
+            "SELECT r.request_id, r.user_id, r.coupon_id, r.status, r.reason, r.requested_at, r.decided_at,"
+            " uc.issued_at FROM coupon_requests r"
+            " LEFT JOIN user_coupons uc"
+            "   ON uc.user_id = r.user_id AND uc.coupon_id = r.coupon_id AND uc.request_id = r.request_id"
+            " WHERE r.user_id = $1 AND r.coupon_id = $2 ORDER BY r.requested_at DESC LIMIT 1",
+            user_id,
+            coupon_id,
+        )
+        if record is None:
+            return None
+        return RequestView(
+            request_id=record["request_id"],
+            user_id=record["user_id"],
+            coupon_id=record["coupon_id"],
+            status=RequestStatus(record["status"]),
+            reason=None if record["reason"] is None else RejectReason(record["reason"]),
+            requested_at=record["requested_at"],
+            decided_at=record["decided_at"],
+            issued_at=record["issued_at"],
+        )

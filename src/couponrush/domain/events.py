@@ -27,7 +27,7 @@ class PublishRequested(_Event):
 
     type: Literal["CouponPublishRequested"] = "CouponPublishRequested"
     version: Literal[1] = 1
-    request_id: Annotated[str, Field(min_length=1, max_length=64)]
+    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
     user_id: PositiveId
     coupon_id: PositiveId
     requested_at: AwareDatetime

@@ -20,6 +20,9 @@ class RejectReason(enum.StrEnum):
     NOT_OPEN = "NOT_OPEN"
     EXPIRED = "EXPIRED"
     SOLD_OUT = "SOLD_OUT"
+    # The gate's word: this user already holds the coupon or has a request for it pending.
+    ALREADY_REQUESTED = "ALREADY_REQUESTED"
+    # The worker's word: this user already holds the coupon (a duplicate that reached the database).
     ALREADY_ISSUED = "ALREADY_ISSUED"
 
 
@@ -125,3 +128,33 @@ class IssueOutcome:
     coupon: Coupon | None
     # True when this delivery found the request already decided (a redelivery): nothing changed.
     replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GateSnapshot:
+    """What the database says the admission gate of one coupon must hold.
+
+    ``reservations`` maps each user with a unit reserved (issued, or requested and pending) to the
+    request that holds it. Units left to reserve = quantity - len(reservations), never below zero.
+    """
+
+    coupon: Coupon
+    reservations: dict[int, str]
+
+    @property
+    def stock(self) -> int:
+        return max(0, self.coupon.quantity - len(self.reservations))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """Where one accepted request stands."""
+
+    request_id: str
+    user_id: int
+    coupon_id: int
+    status: RequestStatus
+    reason: RejectReason | None
+    requested_at: datetime
+    decided_at: datetime | None
+    issued_at: datetime | None

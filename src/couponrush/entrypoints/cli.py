@@ -47,8 +47,13 @@ def _first_of(*events: asyncio.Event) -> tuple[asyncio.Event, asyncio.Task[None]
     combined = asyncio.Event()
 
     async def watch() -> None:
-        await asyncio.wait([asyncio.ensure_future(e.wait()) for e in events], return_when=asyncio.FIRST_COMPLETED)
-        combined.set()
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            combined.set()
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     return combined, asyncio.create_task(watch())
 
@@ -112,6 +117,7 @@ def relay() -> None:
 
 async def _relay(settings: Settings) -> None:
     from couponrush.bootstrap import open_services, relay_sink
+    from couponrush.service.redrive import redrive_stuck_requests
     from couponrush.service.relay import run_relay
     from couponrush.service.signals import sleep_unless
 
@@ -128,12 +134,15 @@ async def _relay(settings: Settings) -> None:
                         log.info("holding the relay lock; relaying to %s", settings.kafka_bootstrap_servers)
                         halt, watcher = _first_of(stop, lost)
                         try:
-                            await run_relay(
-                                outbox,
-                                sink,
-                                halt,
-                                batch_size=settings.relay_batch_size,
-                                idle_scan_s=settings.relay_idle_scan_s,
+                            await asyncio.gather(
+                                run_relay(
+                                    outbox,
+                                    sink,
+                                    halt,
+                                    batch_size=settings.relay_batch_size,
+                                    idle_scan_s=settings.relay_idle_scan_s,
+                                ),
+                                redrive_stuck_requests(services.request_log(), halt, after_s=settings.redrive_after_s),
                             )
                         finally:
                             watcher.cancel()
@@ -158,6 +167,7 @@ def worker() -> None:
 
 async def _worker(settings: Settings) -> None:
     from couponrush.bootstrap import build_worker, open_services, worker_dead_letter_sink, worker_source
+    from couponrush.service.expiry import close_expired_gates
     from couponrush.service.signals import sleep_unless
 
     stop = _stop_on_signals()
@@ -175,11 +185,38 @@ async def _worker(settings: Settings) -> None:
         return
     async with open_services(settings) as services:
         try:
-            await build_worker(services, source, dlq_sink).run(stop)
+            await asyncio.gather(
+                build_worker(services, source, dlq_sink).run(stop),
+                close_expired_gates(services.snapshots, services.gate, stop),
+            )
         finally:
             await source.close()
             await dlq_sink.close()
     log.info("worker stopped")
+
+
+redis_app = typer.Typer(help="The Redis gate (a cache of the database).", no_args_is_help=True)
+app.add_typer(redis_app, name="redis")
+
+
+@redis_app.command("rebuild")
+def redis_rebuild() -> None:
+    """Rebuild the admission gate of every open coupon from PostgreSQL (safe during a drop)."""
+    settings = load_settings()
+    _configure_logging(settings, "redis-rebuild")
+    results = asyncio.run(_redis_rebuild(settings))
+    for coupon_id, rebuilt in sorted(results.items()):
+        console.print(f"coupon {coupon_id}: {'[green]rebuilt[/green]' if rebuilt else '[yellow]skipped[/yellow]'}")
+    console.print(f"{sum(results.values())} of {len(results)} open coupon gate(s) rebuilt")
+    if not all(results.values()):
+        raise typer.Exit(1)
+
+
+async def _redis_rebuild(settings: Settings) -> dict[int, bool]:
+    from couponrush.bootstrap import open_services
+
+    async with open_services(settings) as services:
+        return await services.rebuilder.rebuild_all()
 
 
 def _require_kafka(settings: Settings) -> None:

@@ -1,15 +1,21 @@
-"""The request path: ask the gate, record the accepted request through the outbox, answer at once."""
+"""The request path: ask the gate, record the accepted request through the outbox, answer at once.
+
+With the reserving gate, "accepted" means a unit is reserved for this request: the answer is OK
+only once both the reservation and the durable record exist. If recording fails, the unit goes back.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from couponrush.domain.events import PublishRequested
-from couponrush.domain.model import RejectReason
+from couponrush.domain.model import GateSnapshot, RejectReason
 from couponrush.service.clock import Clock, utcnow
-from couponrush.service.ports import CouponStore, Gate, GateState, RequestLog
+from couponrush.service.ports import CouponStore, Gate, GateState, GateVerdict, RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,7 @@ class Refused(Exception):
 
 
 class Unavailable(Exception):
-    """The request could not be recorded durably, so it was not accepted (503)."""
+    """Nothing was accepted: the request could not be recorded, or the gate is being rebuilt (503)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,26 +38,79 @@ class Admission:
     gate: Gate
     coupons: CouponStore
     requests: RequestLog
+    # Called when a reserving gate has no state for an existing coupon (Redis lost it): rebuild it.
+    schedule_rebuild: Callable[[int], None] = lambda _coupon_id: None
+    # A bound on recording, so a rebuild's grace period outlasts every admission in flight.
+    record_timeout_s: float = 2.0
     clock: Clock = field(default=utcnow)
 
     async def request(self, user_id: int, coupon_id: int) -> PublishRequested:
         now = self.clock()
-        verdict = await self.gate.check(coupon_id, now)
-        if verdict.state is GateState.MISSING:
-            # Never opened in this Redis (unknown coupon, or Redis lost its data): the database decides,
-            # and the gate is restored from it without overwriting anything a worker wrote meanwhile.
-            coupon = await self.coupons.get(coupon_id)
-            if coupon is None:
-                raise Refused(coupon_id, RejectReason.UNKNOWN_COUPON)
-            await self.gate.sync(coupon, now, only_if_missing=True)
-            verdict = await self.gate.check(coupon_id, now)
-        if verdict.state is not GateState.OPEN:
+        request_id = uuid.uuid4().hex
+        try:
+            verdict = await self.gate.admit(coupon_id, user_id, request_id, now)
+            if verdict.state is GateState.MISSING:
+                verdict = await self._gate_missing(user_id, coupon_id, request_id)
+        except (Refused, Unavailable):
+            raise
+        except Exception as exc:
+            # Redis failed, maybe after the script reserved (a lost reply): give back whatever this
+            # request may hold (release names the request, so this is safe if it holds nothing).
+            log.exception("gate failed for request %s", request_id)
+            await self._give_back(coupon_id, user_id, request_id)
+            raise Unavailable("admission is unavailable right now; nothing was accepted, try again") from exc
+        if verdict.state is GateState.REBUILDING:
+            # Normally someone is rebuilding it; if that rebuilder died, this takes over once its lease ends.
+            self.schedule_rebuild(coupon_id)
+            raise Unavailable("admission to this coupon is being restored; try again in a few seconds")
+        if verdict.state is GateState.DUPLICATE:
+            raise Refused(coupon_id, RejectReason.ALREADY_REQUESTED)
+        if verdict.state is not GateState.ADMITTED:
             raise Refused(coupon_id, verdict.reason or RejectReason.SOLD_OUT)
 
-        event = PublishRequested(request_id=uuid.uuid4().hex, user_id=user_id, coupon_id=coupon_id, requested_at=now)
+        event = PublishRequested(request_id=request_id, user_id=user_id, coupon_id=coupon_id, requested_at=now)
         try:
-            await self.requests.record_accepted(event)
+            async with asyncio.timeout(self.record_timeout_s):
+                await self.requests.record_accepted(event)
         except Exception as exc:
-            log.exception("could not record request %s", event.request_id)
+            # The failure may have struck after the commit (a timeout or a dropped connection during
+            # COMMIT): ask the database before giving the unit back, or two users could hold one unit.
+            recorded = await self._was_recorded(request_id)
+            if recorded:
+                log.warning("request %s was recorded despite an error (%s); it stands", request_id, exc)
+                return event
+            if recorded is False:
+                log.exception("could not record request %s; giving its reservation back", request_id)
+                await self._give_back(coupon_id, user_id, request_id)
+            else:
+                # Unknown: keep the unit (never sell it twice). A gate rebuild settles it from the database.
+                log.exception("could not record request %s, nor tell whether it was; keeping its unit", request_id)
             raise Unavailable("the request could not be recorded; nothing was accepted, try again") from exc
         return event
+
+    async def _was_recorded(self, request_id: str) -> bool | None:
+        try:
+            async with asyncio.timeout(self.record_timeout_s):
+                return await self.requests.exists(request_id)
+        except Exception:
+            return None
+
+    async def _gate_missing(self, user_id: int, coupon_id: int, request_id: str) -> GateVerdict:
+        coupon = await self.coupons.get(coupon_id)
+        if coupon is None:
+            raise Refused(coupon_id, RejectReason.UNKNOWN_COUPON)
+        if self.gate.reserves:
+            # Redis lost this coupon's reservations: admitting now could sell a unit twice.
+            self.schedule_rebuild(coupon_id)
+            raise Unavailable("admission to this coupon is being restored; try again in a few seconds")
+        # The flag gate reserves nothing: restore the flag from the database and ask again.
+        await self.gate.finish_rebuild(coupon_id, "", GateSnapshot(coupon, {}), self.clock())
+        return await self.gate.admit(coupon_id, user_id, request_id, self.clock())
+
+    async def _give_back(self, coupon_id: int, user_id: int, request_id: str) -> None:
+        try:
+            await self.gate.release(coupon_id, user_id, request_id)
+        except Exception:
+            # Redis is away too: the unit stays reserved until the gate is rebuilt from the
+            # database, which does not count this request (it was never recorded).
+            log.exception("could not give back the reservation of request %s", request_id)

@@ -22,17 +22,32 @@ class IssuingService:
 
     async def handle(self, event: PublishRequested) -> IssueOutcome:
         outcome = await self.issuer.issue(event, self.clock())
-        # The transaction has committed. Only now may the gate learn the coupon is done.
+        # The transaction has committed. Only now may the gate learn anything from it.
+        if outcome.status is RequestStatus.REJECTED and outcome.reason is not RejectReason.ALREADY_ISSUED:
+            # The unit reserved for this request goes back (also on a redelivery: release names the
+            # request, so repeating it is harmless). A user refused as ALREADY_ISSUED keeps the unit
+            # their issued coupon holds.
+            await self._release(event)
         coupon = outcome.coupon
         if coupon is not None:
             reason = coupon.closed_reason(self.clock())
-            if reason is not None:
+            # Only what the worker's own transaction decides: stock and expiry. Opening and closing
+            # belong to administrators; a close read from this snapshot could undo a reopen since.
+            if reason in (RejectReason.SOLD_OUT, RejectReason.EXPIRED):
                 await self._close_gate(coupon.id, reason)
         if outcome.status is RequestStatus.ISSUED:
             log.debug("issued coupon %s to user %s", outcome.coupon_id, outcome.user_id)
         elif not outcome.replayed:
             log.info("refused coupon %s to user %s: %s", outcome.coupon_id, outcome.user_id, outcome.reason)
         return outcome
+
+    async def _release(self, event: PublishRequested) -> None:
+        try:
+            await self.gate.release(event.coupon_id, event.user_id, event.request_id)
+        except Exception:
+            # The refusal is committed; the unit stays reserved until the gate is rebuilt from
+            # the database (which does not count refused requests).
+            log.exception("could not release the reservation of request %s", event.request_id)
 
     async def _close_gate(self, coupon_id: int, reason: RejectReason) -> None:
         for attempt in range(5):

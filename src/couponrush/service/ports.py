@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,16 @@ from datetime import datetime
 from typing import Protocol
 
 from couponrush.domain.events import PublishRequested
-from couponrush.domain.model import Coupon, IssueOutcome, NewCoupon, RejectReason, UserCoupon
+from couponrush.domain.model import (
+    Coupon,
+    CouponStatus,
+    GateSnapshot,
+    IssueOutcome,
+    NewCoupon,
+    RejectReason,
+    RequestView,
+    UserCoupon,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +48,15 @@ class InboundRecord:
 
 
 class GateState(enum.Enum):
-    OPEN = "OPEN"
+    # Let through. A reserving gate has also reserved one unit for this request.
+    ADMITTED = "ADMITTED"
     CLOSED = "CLOSED"
+    # This user already holds the coupon or has a request for it pending (reserving gate only).
+    DUPLICATE = "DUPLICATE"
     # Redis has nothing for this coupon: never opened, unknown, or Redis lost its data.
     MISSING = "MISSING"
+    # The gate of this coupon is being rebuilt from the database: try again shortly.
+    REBUILDING = "REBUILDING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +68,60 @@ class GateVerdict:
 class Gate(Protocol):
     """The fast admission check in front of the pipeline (Redis)."""
 
-    async def check(self, coupon_id: int, now: datetime) -> GateVerdict: ...
+    @property
+    def reserves(self) -> bool:
+        """True when admit() reserves a unit that must be released if the request does not go through."""
+        ...
 
-    async def sync(self, coupon: Coupon, now: datetime, *, only_if_missing: bool = False) -> None:
-        """Make the gate say what the database says of this coupon."""
+    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict: ...
+
+    async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
+        """Give back the unit reserved for exactly this request (no-op if it holds none)."""
+        ...
+
+    async def open(self, coupon: Coupon, now: datetime, *, created: bool = False) -> bool:
+        """Let the gate follow the coupon (just created, or reopened). False when its state must be rebuilt first."""
         ...
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None: ...
+
+    async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
+        """Those coupons the gate holds no state for (never opened here, or Redis lost it)."""
+        ...
+
+    async def begin_rebuild(self, coupon_id: int, token: str, now: datetime, lease_s: float) -> bool:
+        """Stop admitting to this coupon until finish_rebuild. False if another rebuild holds it."""
+        ...
+
+    async def finish_rebuild(self, coupon_id: int, token: str, snapshot: GateSnapshot, now: datetime) -> bool: ...
+
+    async def abort_rebuild(self, coupon_id: int, token: str) -> None:
+        """Lift this rebuild's fence (the gate goes back to what it held, or to missing)."""
+        ...
+
+
+class GateSnapshots(Protocol):
+    async def snapshot(self, coupon_id: int) -> GateSnapshot | None: ...
+
+    async def open_coupon_ids(self, now: datetime) -> list[int]: ...
+
+    async def rejected(self, request_ids: Sequence[str]) -> list[tuple[int, int, str]]:
+        """(coupon_id, user_id, request_id) of those requests that were refused."""
+        ...
+
+    async def newly_expired(self, since: datetime, now: datetime) -> list[int]:
+        """Publishable coupons whose expiry falls in (since, now]."""
+        ...
+
+
+class StuckRequests(Protocol):
+    async def redrive_stuck(self, older_than_s: float, limit: int) -> int:
+        """Queue again the events of requests pending longer than ``older_than_s``; returns how many."""
+        ...
+
+
+class RequestStatusStore(Protocol):
+    async def latest(self, user_id: int, coupon_id: int) -> RequestView | None: ...
 
 
 class CouponStore(Protocol):
@@ -69,11 +131,15 @@ class CouponStore(Protocol):
 
     async def held_by(self, user_id: int) -> list[UserCoupon]: ...
 
+    async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None: ...
+
 
 class RequestLog(Protocol):
     async def record_accepted(self, event: PublishRequested) -> None:
         """Durably record an accepted request and its outbox event, atomically."""
         ...
+
+    async def exists(self, request_id: str) -> bool: ...
 
 
 class Issuer(Protocol):
@@ -106,5 +172,11 @@ class RecordSource(Protocol):
         ...
 
 
+class UnprocessableEvent(Exception):
+    """Processing this event can never succeed (the database refuses its data): park it, don't retry."""
+
+
 class DeadLetters(Protocol):
-    async def park(self, record: InboundRecord, reason: str, error: str) -> None: ...
+    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
+        """Put the record on its dead-letter topic; False if ``stop`` was set before it was acknowledged."""
+        ...

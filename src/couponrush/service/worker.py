@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from couponrush.domain.events import PublishRequested
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import DeadLetters, InboundRecord, RecordSource
+from couponrush.service.ports import DeadLetters, InboundRecord, RecordSource, UnprocessableEvent
 from couponrush.service.signals import sleep_unless
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,19 @@ class Worker:
                 done.append(record)
             await self.source.commit(done)
 
+    async def _park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
+        parked = await self.dead_letters.park(record, reason, error, stop)
+        if parked:
+            log.warning(
+                "parked %s record %s[%d]@%d on the dead-letter topic: %s",
+                reason.lower(),
+                record.topic,
+                record.partition,
+                record.offset,
+                error[:200],
+            )
+        return parked
+
     async def _process(self, record: InboundRecord, stop: asyncio.Event) -> bool:
         """Handle one record; True once it is settled (issued, refused or parked)."""
         try:
@@ -50,14 +63,7 @@ class Worker:
                 raise ValueError("record has no value")
             event = PublishRequested.from_json(record.value)
         except (ValidationError, ValueError) as exc:
-            await self.dead_letters.park(record, "MALFORMED", str(exc))
-            log.warning(
-                "parked malformed record %s[%d]@%d on the dead-letter topic",
-                record.topic,
-                record.partition,
-                record.offset,
-            )
-            return True
+            return await self._park(record, "MALFORMED", str(exc), stop)
         backoff = 0.1
         while True:
             try:
@@ -65,6 +71,8 @@ class Worker:
                 return True
             except asyncio.CancelledError:
                 raise
+            except UnprocessableEvent as exc:
+                return await self._park(record, "UNPROCESSABLE", str(exc), stop)
             except Exception:
                 # The database (or something under it) failed: nothing was committed for this
                 # record, so retry it rather than skip it. Order within the partition is kept.

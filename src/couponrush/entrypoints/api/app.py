@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,13 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from couponrush.bootstrap import open_services
+from couponrush.bootstrap import Services, open_services
 from couponrush.config import Settings
 from couponrush.domain.model import RejectReason
 from couponrush.entrypoints.api import envelope
-from couponrush.entrypoints.api.deps import AdminRequired
+from couponrush.entrypoints.api.deps import AdminRequired, NoRequest
 from couponrush.entrypoints.api.routes import coupons, health, users
 from couponrush.service.admission import Refused, Unavailable
+from couponrush.service.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ _REFUSAL_MESSAGES = {
     RejectReason.NOT_OPEN: "coupon {id} is not open for issuing",
     RejectReason.EXPIRED: "coupon {id} has expired",
     RejectReason.SOLD_OUT: "coupon {id} is sold out",
+    RejectReason.ALREADY_REQUESTED: "this user already holds coupon {id} or has a request for it pending",
     RejectReason.ALREADY_ISSUED: "coupon {id} was already issued to this user",
 }
 
@@ -65,6 +68,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
         return envelope.error(503, str(exc), "UNAVAILABLE", headers={"Retry-After": "1"})
 
+    @app.exception_handler(NoRequest)
+    async def _no_request(_: Request, exc: NoRequest) -> JSONResponse:
+        return envelope.error(404, str(exc), "NO_REQUEST")
+
     @app.exception_handler(AdminRequired)
     async def _unauthorized(_: Request, exc: AdminRequired) -> JSONResponse:
         return envelope.error(401, exc.message, "UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
@@ -80,13 +87,27 @@ def _install_error_handlers(app: FastAPI) -> None:
         return envelope.error(500, "internal error", "INTERNAL_ERROR")
 
 
+async def _restore_missing_gates(services: Services) -> None:
+    try:
+        ids = await services.snapshots.open_coupon_ids(utcnow())
+        for coupon_id in await services.gate.missing(ids):
+            services.rebuilder.schedule(coupon_id)
+    except Exception:
+        log.exception("could not check the gates at start-up; requests will restore them one by one")
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
             app.state.admission = services.admission()
+            # Redis keeps nothing on disk: restore the gate of every open coupon it has lost.
+            restoring = asyncio.create_task(_restore_missing_gates(services))
             yield
+            restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restoring
 
     app = FastAPI(
         title="couponrush",

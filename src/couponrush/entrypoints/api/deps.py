@@ -18,6 +18,11 @@ class AdminRequired(Exception):
         self.message = message
 
 
+class NoRequest(Exception):
+    def __init__(self, user_id: int, coupon_id: int) -> None:
+        super().__init__(f"user {user_id} has no request for coupon {coupon_id}")
+
+
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services

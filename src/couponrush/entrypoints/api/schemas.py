@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
-from couponrush.domain.model import Coupon, CouponStatus, UserCoupon
+from couponrush.domain.model import Coupon, CouponStatus, RejectReason, RequestStatus, RequestView, UserCoupon
 
 MAX_ID = 2**63 - 1
 
@@ -19,11 +19,21 @@ class _Camel(BaseModel):
 
 
 class CouponCreate(_Camel):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
+    ]
     discount_rate: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
     quantity: Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
     status: CouponStatus
     expired_at: AwareDatetime
+
+    @field_validator("expired_at")
+    @classmethod
+    def _storable(cls, value: datetime) -> datetime:
+        # PostgreSQL stores UTC; an offset near year 9999 would overflow on the way there.
+        if not (datetime(1970, 1, 2, tzinfo=UTC) <= value <= datetime(9000, 1, 1, tzinfo=UTC)):
+            raise ValueError("expiredAt must lie between 1970-01-02 and 9000-01-01")
+        return value
 
 
 class PublishRequest(_Camel):
@@ -78,4 +88,28 @@ class UserCouponView(_Camel):
             discount_rate=float(held.discount_rate),
             issued_at=held.issued_at,
             expired_at=held.expired_at,
+        )
+
+
+class RequestStatusView(_Camel):
+    request_id: str
+    user_id: int
+    coupon_id: int
+    status: RequestStatus
+    reason: RejectReason | None
+    requested_at: datetime
+    decided_at: datetime | None
+    issued_at: datetime | None
+
+    @classmethod
+    def of(cls, view: RequestView) -> RequestStatusView:
+        return cls(
+            request_id=view.request_id,
+            user_id=view.user_id,
+            coupon_id=view.coupon_id,
+            status=view.status,
+            reason=view.reason,
+            requested_at=view.requested_at,
+            decided_at=view.decided_at,
+            issued_at=view.issued_at,
         )

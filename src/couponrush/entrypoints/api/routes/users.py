@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from couponrush.entrypoints.api.deps import AdmissionDep, ServicesDep, UserId
+from couponrush.entrypoints.api.deps import AdmissionDep, CouponId, NoRequest, ServicesDep, UserId
 from couponrush.entrypoints.api.envelope import Envelope, error_responses, ok
-from couponrush.entrypoints.api.schemas import PublishAccepted, PublishRequest, UserCouponView
+from couponrush.entrypoints.api.schemas import PublishAccepted, PublishRequest, RequestStatusView, UserCouponView
 
 router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"])
 
@@ -17,7 +17,9 @@ router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"])
     description=(
         "Answers at once. 200 means the request was accepted and durably recorded; the coupon is "
         "issued asynchronously and appears in GET /api/v1/users/{userId}/coupons. "
-        "409 says why the coupon cannot be had (data.reason: NOT_OPEN, EXPIRED, SOLD_OUT)."
+        "409 says why not (data.reason: SOLD_OUT, ALREADY_REQUESTED, NOT_OPEN, EXPIRED). With the default "
+        "reserving gate, 200 means a coupon is reserved for this request: it will be issued. "
+        "GET .../coupons/{couponId}/request follows it."
     ),
     responses=error_responses(400, 404, 409, 503),
 )
@@ -36,3 +38,15 @@ async def request_coupon(user_id: UserId, body: PublishRequest, admission: Admis
 @router.get("", summary="The coupons a user holds", responses=error_responses(400))
 async def held_coupons(user_id: UserId, services: ServicesDep) -> Envelope[list[UserCouponView]]:
     return ok([UserCouponView.of(held) for held in await services.coupons.held_by(user_id)])
+
+
+@router.get(
+    "/{couponId}/request",
+    summary="Where this user's latest request for a coupon stands: PENDING, ISSUED or REJECTED",
+    responses=error_responses(400, 404),
+)
+async def request_status(user_id: UserId, coupon_id: CouponId, services: ServicesDep) -> Envelope[RequestStatusView]:
+    view = await services.request_status.latest(user_id, coupon_id)
+    if view is None:
+        raise NoRequest(user_id, coupon_id)
+    return ok(RequestStatusView.of(view))

@@ -1,0 +1,52 @@
+"""Admission on the real gate and database: a request that cannot be recorded gives its unit back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from couponrush.adapters.coupons import PostgresCoupons
+from couponrush.adapters.gate import RedisReservingGate, gate_key, holders_key
+from couponrush.adapters.requests import PostgresRequestLog
+from couponrush.service.admission import Admission, Unavailable
+from couponrush.service.coupon_admin import CouponAdmin
+from tests.support.data import new_coupon
+
+
+@pytest.fixture
+async def outbox_refusing_inserts(db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """The outbox insert fails, as a full disk or a broken constraint would make it."""
+    await db.execute(
+        "CREATE FUNCTION refuse_outbox() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'outbox insert forced to fail'; END $$;"
+        " CREATE TRIGGER refuse_outbox BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_outbox();"
+    )
+    try:
+        yield db
+    finally:
+        await db.execute("DROP TRIGGER IF EXISTS refuse_outbox ON outbox; DROP FUNCTION IF EXISTS refuse_outbox();")
+
+
+async def test_a_failed_outbox_insert_gives_the_reservation_back_and_records_nothing(
+    outbox_refusing_inserts: asyncpg.Pool, redis: Redis
+) -> None:
+    db = outbox_refusing_inserts
+    gate = RedisReservingGate(redis)
+    coupon = await CouponAdmin(coupons=PostgresCoupons(db), gate=gate).create(new_coupon(quantity=1))
+    admission = Admission(gate=gate, coupons=PostgresCoupons(db), requests=PostgresRequestLog(db, "requests"))
+
+    with pytest.raises(Unavailable):
+        await admission.request(user_id=7, coupon_id=coupon.id)
+
+    assert await redis.hlen(holders_key(coupon.id)) == 0  # type: ignore[misc]
+    assert await redis.hget(gate_key(coupon.id), "stock") == b"1"  # type: ignore[misc]
+    assert await redis.get(f"coupon:available:{coupon.id}") == b"true"
+    assert await db.fetchval("SELECT count(*) FROM coupon_requests") == 0  # the request row rolled back too
+
+    await db.execute("DROP TRIGGER refuse_outbox ON outbox")
+    event = await admission.request(user_id=7, coupon_id=coupon.id)  # the same user, once it works again
+    assert await redis.hget(holders_key(coupon.id), "7") == event.request_id.encode()  # type: ignore[misc]
+    assert await redis.get(f"coupon:available:{coupon.id}") == b"false"
