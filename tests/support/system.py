@@ -24,6 +24,10 @@ from couponrush.adapters.broker import EmbeddedBroker, free_port
 from tests.support.polling import eventually
 
 ADMIN_TOKEN = "e2e-admin-token"
+# Where end-to-end systems keep their state; override to run two checkouts' suites side by side
+# (e.g. COUPONRUSH_TEST_REDIS_BASE=redis://127.0.0.1:6380 COUPONRUSH_TEST_DB_PREFIX=wt2_).
+TEST_REDIS_BASE = os.environ.get("COUPONRUSH_TEST_REDIS_BASE", "redis://127.0.0.1:6379")
+TEST_DB_PREFIX = os.environ.get("COUPONRUSH_TEST_DB_PREFIX", "")
 ROLES = ("relay", "worker", "api")
 
 
@@ -139,12 +143,13 @@ async def _wait_ready(base_url: str) -> None:
 async def start_system(
     name: str, log_dir: Path, *, db_name: str, redis_db: int, extra_env: dict[str, str] | None = None
 ) -> RunningSystem:
+    db_name = TEST_DB_PREFIX + db_name
     admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     finally:
         await admin.close()
-    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    redis_url = f"{TEST_REDIS_BASE}/{redis_db}"
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
     await redis.aclose()
