@@ -28,6 +28,7 @@ ADMIN_TOKEN = "e2e-admin-token"
 # (e.g. COUPONRUSH_TEST_REDIS_BASE=redis://127.0.0.1:6380 COUPONRUSH_TEST_DB_PREFIX=wt2_).
 TEST_REDIS_BASE = os.environ.get("COUPONRUSH_TEST_REDIS_BASE", "redis://127.0.0.1:6379")
 TEST_DB_PREFIX = os.environ.get("COUPONRUSH_TEST_DB_PREFIX", "")
+TEST_PG_BASE = os.environ.get("COUPONRUSH_TEST_PG_BASE", "postgresql://postgres@127.0.0.1:5432")
 ROLES = ("relay", "worker", "api")
 
 
@@ -144,7 +145,7 @@ async def start_system(
     name: str, log_dir: Path, *, db_name: str, redis_db: int, extra_env: dict[str, str] | None = None
 ) -> RunningSystem:
     db_name = TEST_DB_PREFIX + db_name
-    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    admin = await asyncpg.connect(f"{TEST_PG_BASE}/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     finally:
@@ -158,7 +159,7 @@ async def start_system(
     system = RunningSystem(
         name=name,
         log_dir=log_dir,
-        database_url=f"postgresql://postgres@127.0.0.1:5432/{db_name}",
+        database_url=f"{TEST_PG_BASE}/{db_name}",
         redis_url=redis_url,
         broker=broker,
         extra_env=extra_env or {},
