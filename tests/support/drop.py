@@ -52,8 +52,9 @@ async def run_drop(
         nonlocal midway_task
         client = clients[n % len(clients)]
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + retry_unavailable_for_s
         async with gate:
+            # The client's patience starts with its first attempt, not while it queues for a connection.
+            give_up = loop.time() + retry_unavailable_for_s
             while True:
                 response = await client.post(f"/api/v1/users/{user_id}/coupons/publish", json={"couponId": coupon_id})
                 if response.status_code != 503 or loop.time() > give_up:
