@@ -19,13 +19,13 @@ from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
 from couponrush.adapters.outbox import PostgresOutbox
-from couponrush.adapters.requests import PostgresRequestLog, PostgresRequestStatus
+from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
 from couponrush.config import Settings, dlq_topic
 from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import Gate
+from couponrush.service.ports import Gate, RequestLog
 from couponrush.service.worker import Worker
 
 
@@ -36,6 +36,8 @@ class Services:
     redis: Redis
     gate: Gate
     rebuilder: GateRebuilder
+    # How the request path records accepted requests (a group commit unless RECORD_FLUSHERS=0).
+    recorder: RequestLog
 
     @property
     def coupons(self) -> PostgresCoupons:
@@ -53,7 +55,7 @@ class Services:
         return Admission(
             gate=self.gate,
             coupons=self.coupons,
-            requests=PostgresRequestLog(self.pool, self.settings.publish_requested_topic),
+            requests=self.recorder,
             schedule_rebuild=self.rebuilder.schedule,
             record_timeout_s=self.settings.record_timeout_s,
         )
@@ -71,6 +73,18 @@ class Services:
         return PostgresOutbox(self.pool)
 
 
+def build_recorder(settings: Settings, pool: asyncpg.Pool) -> RequestLog:
+    """Recording is bounded by RECORD_TIMEOUT_S in all: half queued at most, half for the transaction."""
+    if settings.record_flushers == 0:
+        return PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s)
+    return GroupCommitRequestLog(
+        PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s / 2),
+        queue_wait_s=settings.record_timeout_s / 2,
+        max_batch=settings.record_batch_max,
+        flushers=settings.record_flushers,
+    )
+
+
 def build_gate(settings: Settings, redis: Redis) -> Gate:
     if settings.admission == "flag":
         return RedisFlagGate(redis)
@@ -83,9 +97,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     gate = build_gate(settings, redis)
     rebuilder = GateRebuilder(gate=gate, snapshots=PostgresGateSnapshots(pool), grace_s=settings.rebuild_grace_s)
+    recorder = build_recorder(settings, pool)
     try:
-        yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder)
+        yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder, recorder=recorder)
     finally:
+        if isinstance(recorder, GroupCommitRequestLog):
+            await recorder.close()
         await rebuilder.close()
         await redis.aclose()
         await pool.close()
@@ -134,4 +151,5 @@ def build_worker(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -
         issuing=services.issuing(),
         dead_letters=KafkaDeadLetters(dlq_sink),
         batch_size=services.settings.worker_batch_size,
+        mode=services.settings.worker_mode,
     )

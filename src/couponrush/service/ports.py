@@ -134,9 +134,17 @@ class CouponStore(Protocol):
     async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None: ...
 
 
+class NotRecorded(Exception):
+    """Recording an accepted request failed, and it is certain that nothing was recorded."""
+
+
 class RequestLog(Protocol):
     async def record_accepted(self, event: PublishRequested) -> None:
-        """Durably record an accepted request and its outbox event, atomically."""
+        """Durably record an accepted request and its outbox event, atomically, within a bounded time.
+
+        Raises ``NotRecorded`` when certainly nothing was recorded; any other exception leaves it
+        unknown (e.g. the connection died during COMMIT), and the caller must ask ``exists``.
+        """
         ...
 
     async def exists(self, request_id: str) -> bool: ...
@@ -145,6 +153,12 @@ class RequestLog(Protocol):
 class Issuer(Protocol):
     async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
         """Decide and record one request in one transaction. Idempotent per request id."""
+        ...
+
+    async def issue_batch(self, events: Sequence[PublishRequested], now: datetime) -> list[IssueOutcome]:
+        """Decide and record every event in one transaction, in order: the outcome of issuing them singly
+        in that order, one outcome per event (a repeated request id is a replay). Idempotent per request id.
+        """
         ...
 
 
