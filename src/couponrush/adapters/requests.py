@@ -9,6 +9,7 @@ import asyncpg
 from couponrush.adapters import outbox
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import RejectReason, RequestStatus, RequestView
+from couponrush.observability import tracing
 from couponrush.service.ports import OutboundMessage
 
 
@@ -18,7 +19,8 @@ def publish_requested_message(topic: str, event: PublishRequested) -> OutboundMe
         topic=topic,
         key=str(event.coupon_id),
         payload=event.to_json(),
-        headers={"request-id": event.request_id, "event-type": event.type},
+        # traceparent (only when tracing is on) lets the worker's span join the HTTP request's trace.
+        headers={"request-id": event.request_id, "event-type": event.type, **tracing.inject_headers()},
     )
 
 
