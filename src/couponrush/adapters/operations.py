@@ -39,11 +39,12 @@ class PostgresOperations:
         record = await self.pool.fetchrow(
             "SELECT c.id, c.quantity, c.issued_count,"
             " (SELECT count(*) FROM coupon_requests r WHERE r.status = 'PENDING' AND r.coupon_id = c.id) AS pending,"
-            " (SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND o.topic = $2 AND o.key = $1::text)"
+            " (SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND o.topic = $2 AND o.key = $3)"
             "   AS unsent"
             " FROM coupons c WHERE c.id = $1",
             coupon_id,
             self.publish_requested_topic,
+            str(coupon_id),
         )
         if record is None:
             return None
