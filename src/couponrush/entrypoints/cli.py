@@ -140,6 +140,7 @@ def _metrics_directory() -> Iterator[None]:
         return
     path = tempfile.mkdtemp(prefix="couponrush-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    log.info("metrics of every API worker process are summed in %s (removed at exit)", path)
     try:
         yield
     finally:

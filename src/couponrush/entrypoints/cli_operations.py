@@ -27,7 +27,8 @@ from couponrush.domain.model import Coupon, CouponStatus, NewCoupon
 from couponrush.service.ports import CouponProgress
 
 coupons_app = typer.Typer(help="Create, list, show, close and open coupons.", no_args_is_help=True)
-out = Console(soft_wrap=True)
+# Piped output is not squeezed to 80 columns (tables would wrap names mid-word).
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
