@@ -34,7 +34,7 @@ async def system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
         "obs",
         e2e_logs,
         db_name="couponrush_e2e_obs",
-        redis_db=12,
+        redis_db=6,
         extra_env={
             "COUPONRUSH_RELAY_METRICS_PORT": str(free_port()),
             "COUPONRUSH_WORKER_METRICS_PORT": str(free_port()),

@@ -215,3 +215,37 @@ def test_durations_for_coupon_expiry() -> None:
     assert parse_duration("7d") == timedelta(days=7)
     with pytest.raises(Exception, match="a number and a unit"):
         parse_duration("soon")
+
+
+async def test_the_middleware_gives_each_request_an_id_a_route_labelled_count_and_a_bounded_span_name() -> None:
+    import httpx
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
+    from couponrush.observability.context import current_request_id
+
+    app = FastAPI()
+    app.add_middleware(ObservabilityMiddleware)
+    seen: list[str | None] = []
+
+    @app.get("/things/{thing_id}")
+    async def thing(thing_id: int) -> dict[str, int]:
+        seen.append(current_request_id())
+        return {"id": thing_id}
+
+    before = sample("couponrush_http_requests_total", method="GET", route="/things/{thing_id}", status="200")
+    exporter = InMemorySpanExporter()
+    assert tracing.configure_tracing("test", exporter=exporter, set_global=False)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            first = await http.get("/things/1")
+            second = await http.get("/things/2", headers={"x-request-id": "client-made"})
+    finally:
+        tracing.disable()
+    assert [first.headers["x-request-id"], second.headers["x-request-id"]] == seen
+    assert "client-made" not in seen  # never trusted: it becomes a primary key
+    assert len(set(seen)) == 2
+    after = sample("couponrush_http_requests_total", method="GET", route="/things/{thing_id}", status="200")
+    assert after == before + 2
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /things/{thing_id}"] * 2

@@ -134,3 +134,8 @@ def span(
 def set_attribute(current: Any, key: str, value: str | int | float | bool) -> None:
     if current is not None:
         current.set_attribute(key, value)
+
+
+def rename(current: Any, name: str) -> None:
+    if current is not None:
+        current.update_name(name)

@@ -39,13 +39,16 @@ class ObservabilityMiddleware:
             if tracing.enabled():
                 headers: dict[str, bytes] = {k.decode("latin-1"): v for k, v in scope.get("headers", [])}
                 with tracing.span(
-                    f"{scope['method']} {scope['path']}",
+                    scope["method"],  # renamed to "METHOD /route/{template}" once routed (bounded names)
                     parent_headers=headers,
                     kind="SERVER",
                     attributes={"http.request.method": scope["method"], "couponrush.request_id": request_id},
                 ) as span:
-                    await self.app(scope, receive, send_with_id)
-                    tracing.set_attribute(span, "http.response.status_code", status)
+                    try:
+                        await self.app(scope, receive, send_with_id)
+                    finally:
+                        tracing.rename(span, f"{scope['method']} {_route_template(scope)}")
+                        tracing.set_attribute(span, "http.response.status_code", status)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
