@@ -249,3 +249,24 @@ async def test_the_middleware_gives_each_request_an_id_a_route_labelled_count_an
     after = sample("couponrush_http_requests_total", method="GET", route="/things/{thing_id}", status="200")
     assert after == before + 2
     assert [s.name for s in exporter.get_finished_spans()] == ["GET /things/{thing_id}"] * 2
+
+
+async def test_relay_sends_and_dead_letters_are_counted_by_topic_and_reason() -> None:
+    from couponrush.observability.instrument import MeteredDeadLetters, MeteredSink
+    from couponrush.service.ports import InboundRecord, OutboundMessage
+    from tests.support.fakes import FakeDeadLetters, FakeSink
+
+    sent, failed = (
+        sample("couponrush_relay_sent_total", topic="t.u"),
+        sample("couponrush_relay_send_failures_total", topic="t.u"),
+    )
+    sink = MeteredSink(FakeSink(refuse={"bad"}))
+    results = await sink.send_all([OutboundMessage("t.u", k, b"{}") for k in ("1", "2", "bad")])
+    assert results == [None, None, "broker unavailable"]
+    assert sample("couponrush_relay_sent_total", topic="t.u") == sent + 2
+    assert sample("couponrush_relay_send_failures_total", topic="t.u") == failed + 1
+
+    parked = sample("couponrush_dead_letters_total", reason="MALFORMED")
+    record = InboundRecord(topic="t.u", partition=0, offset=1, key=None, value=b"?", headers={})
+    assert await MeteredDeadLetters(FakeDeadLetters()).park(record, "MALFORMED", "bad json", asyncio.Event())
+    assert sample("couponrush_dead_letters_total", reason="MALFORMED") == parked + 1
