@@ -18,9 +18,14 @@ from couponrush.adapters.db import create_pool
 from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
+from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
+from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
 from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
 from couponrush.config import Settings, dlq_topic
+from couponrush.observability.context import request_id_or_new
+from couponrush.observability.health import Probe
+from couponrush.observability.instrument import MeteredDeadLetters, ObservedIssuing, ObservedSource, TimedGate
 from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.gate_rebuild import GateRebuilder
@@ -53,11 +58,12 @@ class Services:
 
     def admission(self) -> Admission:
         return Admission(
-            gate=self.gate,
+            gate=TimedGate(self.gate),
             coupons=self.coupons,
             requests=self.recorder,
             schedule_rebuild=self.rebuilder.schedule,
             record_timeout_s=self.settings.record_timeout_s,
+            new_request_id=request_id_or_new,
         )
 
     def coupon_admin(self) -> CouponAdmin:
@@ -71,6 +77,13 @@ class Services:
 
     def outbox(self) -> PostgresOutbox:
         return PostgresOutbox(self.pool)
+
+    def operations(self) -> PostgresOperations:
+        return PostgresOperations(self.pool, self.settings.publish_requested_topic)
+
+    def probes(self) -> list[Probe]:
+        """Readiness: PostgreSQL (schema current), Redis, Kafka. Once per process: the Kafka probe keeps a client."""
+        return [PostgresProbe(self.pool), RedisProbe(self.redis), KafkaProbe(self.settings.kafka_bootstrap_servers)]
 
 
 def build_recorder(settings: Settings, pool: asyncpg.Pool) -> RequestLog:
@@ -146,10 +159,15 @@ def worker_dead_letter_sink(settings: Settings) -> KafkaSink:
 
 
 def build_worker(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -> Worker:
+    observed = ObservedSource(source)
     return Worker(
-        source=source,
-        issuing=services.issuing(),
-        dead_letters=KafkaDeadLetters(dlq_sink),
+        source=observed,
+        issuing=ObservedIssuing(
+            issuer=PostgresIssuer(services.pool, services.settings.published_topic),
+            gate=services.gate,
+            records=observed,
+        ),
+        dead_letters=MeteredDeadLetters(KafkaDeadLetters(dlq_sink)),
         batch_size=services.settings.worker_batch_size,
         mode=services.settings.worker_mode,
     )

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     redrive_after_s: float = Field(default=30.0, gt=0)
 
     log_level: str = "INFO"
+    # "auto": JSON lines when stdout is not a terminal, text when it is.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # The relay's and the worker's own HTTP endpoint (/metrics, /health/live, /health/ready); 0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    relay_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
 
     @field_validator("admin_token", mode="before")
     @classmethod

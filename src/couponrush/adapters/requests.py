@@ -12,6 +12,7 @@ import asyncpg
 from couponrush.adapters import outbox
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import RejectReason, RequestStatus, RequestView
+from couponrush.observability import tracing
 from couponrush.service.group_commit import GroupCommitter
 from couponrush.service.ports import NotRecorded, OutboundMessage
 
@@ -22,8 +23,15 @@ def publish_requested_message(topic: str, event: PublishRequested) -> OutboundMe
         topic=topic,
         key=str(event.coupon_id),
         payload=event.to_json(),
-        headers={"request-id": event.request_id, "event-type": event.type},
+        # traceparent (only when tracing is on) lets the worker's span join the HTTP request's trace.
+        headers={"request-id": event.request_id, "event-type": event.type, **tracing.inject_headers()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event: PublishRequested
+    message: OutboundMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +42,13 @@ class PostgresRequestLog:
     timeout_s: float = 2.0
 
     async def record_accepted(self, event: PublishRequested) -> None:
-        await self.record_many([event])
+        await self.record_many([self.accepted(event)])
 
-    async def record_many(self, events: Sequence[PublishRequested]) -> None:
+    def accepted(self, event: PublishRequested) -> Accepted:
+        """The request with its outbox message, built now: in the caller's context (its trace)."""
+        return Accepted(event, publish_requested_message(self.topic, event))
+
+    async def record_many(self, accepted: Sequence[Accepted]) -> None:
         """Record accepted requests and their outbox events in one transaction (one statement each).
 
         Raises ``NotRecorded`` when the failure came before COMMIT was sent (nothing was recorded);
@@ -51,12 +63,12 @@ class PostgresRequestLog:
                     await conn.execute(
                         "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
                         " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])",
-                        [e.request_id for e in events],
-                        [e.user_id for e in events],
-                        [e.coupon_id for e in events],
-                        [e.requested_at for e in events],
+                        [a.event.request_id for a in accepted],
+                        [a.event.user_id for a in accepted],
+                        [a.event.coupon_id for a in accepted],
+                        [a.event.requested_at for a in accepted],
                     )
-                    await outbox.enqueue_many(conn, [publish_requested_message(self.topic, e) for e in events])
+                    await outbox.enqueue_many(conn, [a.message for a in accepted])
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await transaction.rollback()
@@ -117,13 +129,13 @@ class GroupCommitRequestLog:
     queue_wait_s: float = 1.0
     max_batch: int = 500
     flushers: int = 2
-    committer: GroupCommitter[PublishRequested] = field(init=False)
+    committer: GroupCommitter[Accepted] = field(init=False)
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(self.log.record_many, max_batch=self.max_batch, concurrency=self.flushers)
 
     async def record_accepted(self, event: PublishRequested) -> None:
-        await self.committer.submit(event, self.queue_wait_s)
+        await self.committer.submit(self.log.accepted(event), self.queue_wait_s)
 
     async def exists(self, request_id: str) -> bool:
         return await self.log.exists(request_id)

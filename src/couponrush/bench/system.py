@@ -41,6 +41,8 @@ class BenchSystem:
     env: dict[str, str] = field(default_factory=dict)
     api_workers: int = 1
     http_port: int = field(default_factory=free_port)
+    relay_metrics_port: int = field(default_factory=free_port)
+    worker_metrics_port: int = field(default_factory=free_port)
     broker: EmbeddedBroker | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict)
@@ -56,6 +58,9 @@ class BenchSystem:
             "COUPONRUSH_HTTP_PORT": str(self.http_port),
             "COUPONRUSH_ADMIN_TOKEN": BENCH_ADMIN_TOKEN,
             "COUPONRUSH_LOG_LEVEL": "INFO",  # what production runs with
+            # Each run's relay and worker serve metrics on a free port (several systems never clash).
+            "COUPONRUSH_RELAY_METRICS_PORT": str(self.relay_metrics_port),
+            "COUPONRUSH_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             **self.env,
         }
 

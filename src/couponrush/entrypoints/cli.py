@@ -7,11 +7,13 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,19 +25,33 @@ from couponrush.config import Settings, load_settings
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
+    from couponrush.bootstrap import Services
+
 app = typer.Typer(help="couponrush: first-come-first-served coupon drops.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("couponrush")
 
 
-def _configure_logging(settings: Settings, role: str) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
-        force=True,
-    )
-    for noisy in ("asyncio", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(settings: Settings, role: str, *, to_stderr: bool = False) -> None:
+    from couponrush.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, role, settings.log_format, stream=sys.stderr if to_stderr else None)
+
+
+@contextlib.asynccontextmanager
+async def _role_endpoint(services: Services, port: int) -> AsyncIterator[None]:
+    """The relay's or worker's /metrics, /health/live and /health/ready on ``port`` (0: none)."""
+    from couponrush.observability.server import ObservabilityServer
+
+    if port == 0:
+        yield
+        return
+    server = ObservabilityServer(services.probes())
+    await server.start(services.settings.metrics_host, port)
+    try:
+        yield
+    finally:
+        await server.close()
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -98,16 +114,40 @@ def api(
     # installed before it. A no-op Python handler there makes a graceful stop exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(
-        "couponrush.entrypoints.api.main:create_app_from_env",
-        factory=True,
-        host=settings.http_host,
-        port=settings.http_port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    with _metrics_directory():
+        uvicorn.run(
+            "couponrush.entrypoints.api.main:create_app_from_env",
+            factory=True,
+            host=settings.http_host,
+            port=settings.http_port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            # Our root logger (JSON or text, with request ids) formats uvicorn's lines too.
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this API run, so /metrics sums every worker process.
+
+    Set before any worker imports prometheus_client (the mode is chosen at import), and removed at
+    exit: stale files from an earlier run would otherwise be summed in. One set by the operator is
+    used as it is and left in place.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="couponrush-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    log.info("metrics of every API worker process are summed in %s (removed at exit)", path)
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @app.command()
@@ -116,18 +156,20 @@ def relay() -> None:
     settings = load_settings()
     _configure_logging(settings, "relay")
     _require_kafka(settings)
+    _configure_tracing("relay")
     asyncio.run(_relay(settings))
 
 
 async def _relay(settings: Settings) -> None:
     from couponrush.bootstrap import open_services, relay_sink
+    from couponrush.observability.instrument import MeteredSink
     from couponrush.service.redrive import redrive_stuck_requests
     from couponrush.service.relay import run_relay
     from couponrush.service.signals import sleep_unless
 
     stop = _stop_on_signals()
     sink = relay_sink(settings)
-    async with open_services(settings) as services:
+    async with open_services(settings) as services, _role_endpoint(services, settings.relay_metrics_port):
         outbox = services.outbox()
         try:
             while not stop.is_set():
@@ -141,7 +183,7 @@ async def _relay(settings: Settings) -> None:
                             await asyncio.gather(
                                 run_relay(
                                     outbox,
-                                    sink,
+                                    MeteredSink(sink),
                                     halt,
                                     batch_size=settings.relay_batch_size,
                                     idle_scan_s=settings.relay_idle_scan_s,
@@ -166,11 +208,13 @@ def worker() -> None:
     settings = load_settings()
     _configure_logging(settings, "worker")
     _require_kafka(settings)
+    _configure_tracing("worker")
     asyncio.run(_worker(settings))
 
 
 async def _worker(settings: Settings) -> None:
     from couponrush.bootstrap import build_worker, open_services, worker_dead_letter_sink, worker_source
+    from couponrush.observability.instrument import sample_consumer_lag
     from couponrush.service.expiry import close_expired_gates
     from couponrush.service.signals import sleep_unless
 
@@ -187,17 +231,27 @@ async def _worker(settings: Settings) -> None:
             await sleep_unless(stop, 1.0)
     if stop.is_set():
         return
-    async with open_services(settings) as services:
+    async with open_services(settings) as services, _role_endpoint(services, settings.worker_metrics_port):
         try:
             await asyncio.gather(
                 build_worker(services, source, dlq_sink).run(stop),
                 close_expired_gates(services.snapshots, services.gate, stop),
+                sample_consumer_lag(source, stop),
             )
         finally:
             await source.close()
             await dlq_sink.close()
     log.info("worker stopped")
 
+
+def _add_operator_commands() -> None:
+    from couponrush.entrypoints.cli_operations import coupons_app, stats
+
+    app.add_typer(coupons_app, name="coupons")
+    app.command("stats")(stats)
+
+
+_add_operator_commands()
 
 redis_app = typer.Typer(help="The Redis gate (a cache of the database).", no_args_is_help=True)
 app.add_typer(redis_app, name="redis")
@@ -344,6 +398,12 @@ def bench_drop(
     path.write_text(json.dumps(figures, indent=2) + "\n")
     console.print_json(json.dumps(figures))
     console.print(f"[green]written to {path}[/green]")
+
+
+def _configure_tracing(role: str) -> None:
+    from couponrush.observability.tracing import configure_tracing
+
+    configure_tracing(role)
 
 
 def _require_kafka(settings: Settings) -> None:

@@ -43,10 +43,12 @@ class Admission:
     # A bound on asking whether a failed recording happened anyway.
     record_timeout_s: float = 2.0
     clock: Clock = field(default=utcnow)
+    # Where request ids come from; the API passes the HTTP request's id, so logs and the answer agree.
+    new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex
 
     async def request(self, user_id: int, coupon_id: int) -> PublishRequested:
         now = self.clock()
-        request_id = uuid.uuid4().hex
+        request_id = self.new_request_id()
         try:
             verdict = await self.gate.admit(coupon_id, user_id, request_id, now)
             if verdict.state is GateState.MISSING:

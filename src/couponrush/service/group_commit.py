@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
@@ -56,8 +57,11 @@ class GroupCommitter(Generic[T]):
 
     def start(self) -> None:
         if not self._flushers:
+            # A fresh context: a flusher serves every caller, so it must not carry the first one's
+            # request id or trace (whatever a caller's item needs from its context is in the item).
             self._flushers = [
-                asyncio.create_task(self._run(), name=f"group-commit-{n}") for n in range(self.concurrency)
+                asyncio.create_task(self._run(), name=f"group-commit-{n}", context=contextvars.Context())
+                for n in range(self.concurrency)
             ]
 
     async def submit(self, item: T, timeout: float) -> None:

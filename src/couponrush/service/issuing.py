@@ -58,10 +58,18 @@ class IssuingService:
         for coupon_id, reason in closing.items():
             await self._close_gate(coupon_id, reason)
         for outcome in outcomes:
+            # Each line names its request (a batch decides many), for logs that follow one request.
+            request = {"request_id": outcome.request_id}
             if outcome.status is RequestStatus.ISSUED:
-                log.debug("issued coupon %s to user %s", outcome.coupon_id, outcome.user_id)
+                log.debug("issued coupon %s to user %s", outcome.coupon_id, outcome.user_id, extra=request)
             elif not outcome.replayed:
-                log.info("refused coupon %s to user %s: %s", outcome.coupon_id, outcome.user_id, outcome.reason)
+                log.info(
+                    "refused coupon %s to user %s: %s",
+                    outcome.coupon_id,
+                    outcome.user_id,
+                    outcome.reason,
+                    extra=request,
+                )
 
     async def _release(self, event: PublishRequested) -> None:
         try:

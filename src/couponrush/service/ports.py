@@ -194,3 +194,32 @@ class DeadLetters(Protocol):
     async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
         """Put the record on its dead-letter topic; False if ``stop`` was set before it was acknowledged."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    backlog: int
+    oldest_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CouponProgress:
+    """Where one coupon's drop stands, from the database."""
+
+    coupon_id: int
+    quantity: int
+    issued: int
+    pending: int  # accepted, not yet decided
+    unsent: int = 0  # of those, still in the outbox (not yet on Kafka)
+
+
+class OperationsReader(Protocol):
+    """What operators read: metrics at scrape time, ``couponrush coupons list`` and ``couponrush stats``."""
+
+    async def outbox_state(self) -> OutboxState: ...
+
+    async def open_coupon_progress(self, limit: int) -> list[CouponProgress]: ...
+
+    async def coupon_progress(self, coupon_id: int) -> CouponProgress | None: ...
+
+    async def list_coupons(self, limit: int) -> list[Coupon]: ...
