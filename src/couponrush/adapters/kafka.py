@@ -185,6 +185,8 @@ class KafkaSink:
                         key=None if message.key is None else message.key.encode(),
                         headers=[(k, v.encode()) for k, v in message.headers.items()],
                         on_delivery=_delivered,
+                        # -1: the partitioner picks by key; explicit only for topic-version markers.
+                        partition=-1 if message.partition is None else message.partition,
                     )
                     break
                 except BufferError:  # local queue full: let deliveries drain
@@ -198,6 +200,12 @@ class KafkaSink:
         if any(result is not None for result in results):
             self._suspect = True
         return results
+
+    def add_topic(self, topic: str, partitions: int) -> None:
+        """Keep ``topic`` in existence too (a newer topic version); checked before the next send."""
+        if self.topics.get(topic) != partitions:
+            self.topics = {**self.topics, topic: partitions}
+            self._suspect = True
 
     async def close(self) -> None:
         producer = self._producer
@@ -297,6 +305,18 @@ class KafkaSource:
         consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
         self._consumer = consumer
         self._stale = False
+
+    async def subscribe(self, topics: Mapping[str, int]) -> None:
+        """Consume exactly ``topics`` from now on (a topic version switch); starts the consumer if needed."""
+        self.topics = dict(topics)
+        if self._consumer is None:
+            await self.start()
+            return
+        await asyncio.to_thread(
+            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
+        )
+        self._consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
+        log.info("now consuming %s", ", ".join(self.topics))
 
     async def _rebuild(self) -> None:
         log.warning("subscribed topics vanished (broker lost its state?); recreating the consumer")
