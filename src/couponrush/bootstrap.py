@@ -22,6 +22,7 @@ from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
 from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
+from couponrush.adapters.topic_versions import KafkaTopicAdmin, PostgresTopicVersions
 from couponrush.config import Settings, dlq_topic
 from couponrush.observability.context import request_id_or_new
 from couponrush.observability.health import Probe
@@ -30,7 +31,8 @@ from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import Gate, RequestLog
+from couponrush.service.ports import Gate, RecordSource, RequestLog
+from couponrush.service.topic_versions import TopicRouter, VersionedSource
 from couponrush.service.worker import Worker
 
 
@@ -158,7 +160,7 @@ def worker_dead_letter_sink(settings: Settings) -> KafkaSink:
     )
 
 
-def build_worker(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -> Worker:
+def build_worker(services: Services, source: RecordSource, dlq_sink: KafkaSink) -> Worker:
     observed = ObservedSource(source)
     return Worker(
         source=observed,
@@ -170,4 +172,35 @@ def build_worker(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -
         dead_letters=MeteredDeadLetters(KafkaDeadLetters(dlq_sink)),
         batch_size=services.settings.worker_batch_size,
         mode=services.settings.worker_mode,
+    )
+
+
+# --- topic versions: the relay writes, and the worker reads, the version recorded in PostgreSQL ---
+
+
+def topic_versions(services: Services) -> PostgresTopicVersions:
+    return PostgresTopicVersions(services.pool)
+
+
+def topic_admin(settings: Settings) -> KafkaTopicAdmin:
+    return KafkaTopicAdmin(settings.kafka_bootstrap_servers, replication=settings.kafka_replication_factor)
+
+
+def relay_router(services: Services, sink: KafkaSink) -> TopicRouter:
+    """The relay's sink routed to the active request-topic version. Build one per relay-lock tenure."""
+    return TopicRouter(
+        sink=sink, store=topic_versions(services), configured_topic=services.settings.publish_requested_topic
+    )
+
+
+def versioned_worker_source(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -> VersionedSource:
+    async def keep_dead_letters(topic: str) -> None:
+        dlq_sink.add_topic(dlq_topic(topic), 1)
+
+    return VersionedSource(
+        inner=source,
+        store=topic_versions(services),
+        configured_topic=services.settings.publish_requested_topic,
+        configured_partitions=services.settings.kafka_partitions,
+        on_subscribe=keep_dead_letters,
     )

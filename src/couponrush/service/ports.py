@@ -20,6 +20,7 @@ from couponrush.domain.model import (
     RequestView,
     UserCoupon,
 )
+from couponrush.domain.topic_versions import TopicVersion
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,8 @@ class OutboundMessage:
     key: str | None
     payload: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    # None: the partitioner picks it from the key. Set only for per-partition markers (topic versions).
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,3 +226,52 @@ class OperationsReader(Protocol):
     async def coupon_progress(self, coupon_id: int) -> CouponProgress | None: ...
 
     async def list_coupons(self, limit: int) -> list[Coupon]: ...
+
+
+# --- topic versions (see service/topic_versions.py) ---
+
+
+class TopicVersionStore(Protocol):
+    """Where each topic family's versions stand (PostgreSQL)."""
+
+    async def versions(self, family: str) -> list[TopicVersion]: ...
+
+    async def request(self, current: TopicVersion | None, new: TopicVersion) -> None:
+        """Record ``new`` as PENDING (and ``current`` as the ACTIVE version if none is recorded yet)."""
+        ...
+
+    async def switch(self, family: str, old_version: int, new_version: int) -> None:
+        """Atomically: ``old`` ACTIVE -> DRAINING, ``new`` PENDING -> ACTIVE."""
+        ...
+
+    async def markers_written(self, family: str, version: int) -> None:
+        """The switch markers of this DRAINING version are on every partition."""
+        ...
+
+    async def mark_drained(self, family: str, version: int, partition: int, marker_offset: int) -> bool:
+        """This partition is consumed past its marker; True once every partition of the version is."""
+        ...
+
+    async def retire(self, family: str, version: int) -> None: ...
+
+
+class TopicSink(EventSink, Protocol):
+    def add_topic(self, topic: str, partitions: int) -> None:
+        """Also keep this topic in existence (re-created if the broker lost it) from now on."""
+        ...
+
+
+class SubscribingSource(RecordSource, Protocol):
+    async def subscribe(self, topics: Mapping[str, int]) -> None:
+        """Consume exactly these topics from now on (creating them if missing)."""
+        ...
+
+
+class TopicAdmin(Protocol):
+    async def create(self, topics: Mapping[str, int]) -> None: ...
+
+    async def partitions(self, topic: str) -> int | None:
+        """Partition count of ``topic``, None if it does not exist."""
+        ...
+
+    async def delete(self, topic: str) -> None: ...
