@@ -158,3 +158,22 @@ async def test_a_consumer_with_the_configured_fetch_wait_drains_a_large_backlog(
     finally:
         await source.close()
     assert [int(r.value or b"-1") for r in records] == list(range(total))
+
+
+async def test_a_lone_record_is_handed_over_at_once_not_when_the_batch_fills_or_the_poll_times_out(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    topic = topic_prefix + "requests.v1"
+    sink = KafkaSink(broker.bootstrap, {topic: 1})
+    source = source_for(broker.bootstrap, [topic])
+    await source.start()
+    try:
+        assert await sink.send_all([OutboundMessage(topic, "1", b"first", {})]) == [None]
+        await read_records(source, 1)  # joined the group and caught up
+        assert await sink.send_all([OutboundMessage(topic, "1", b"lone", {})]) == [None]
+        # A poll for up to 500 records with a 60 s timeout must not wait for 499 more, nor for 60 s.
+        batch = await asyncio.wait_for(source.next_batch(500, 60.0), timeout=20)
+        assert [r.value for r in batch] == [b"lone"]
+    finally:
+        await sink.close()
+        await source.close()

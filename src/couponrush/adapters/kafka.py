@@ -185,6 +185,8 @@ class KafkaSink:
                         key=None if message.key is None else message.key.encode(),
                         headers=[(k, v.encode()) for k, v in message.headers.items()],
                         on_delivery=_delivered,
+                        # -1: the partitioner picks by key; explicit only for topic-version markers.
+                        partition=-1 if message.partition is None else message.partition,
                     )
                     break
                 except BufferError:  # local queue full: let deliveries drain
@@ -198,6 +200,12 @@ class KafkaSink:
         if any(result is not None for result in results):
             self._suspect = True
         return results
+
+    def add_topic(self, topic: str, partitions: int) -> None:
+        """Keep ``topic`` in existence too (a newer topic version); checked before the next send."""
+        if self.topics.get(topic) != partitions:
+            self.topics = {**self.topics, topic: partitions}
+            self._suspect = True
 
     async def close(self) -> None:
         producer = self._producer
@@ -263,6 +271,19 @@ def _record(message: Message) -> InboundRecord:
     )
 
 
+def _take(consumer: Consumer, max_records: int, timeout: float) -> list[Message]:
+    """Wait at most ``timeout`` for one message, then take whatever else is already here, up to ``max_records``.
+
+    ``Consumer.consume(n, timeout)`` alone waits until ``n`` messages arrived or the whole timeout
+    passed: a batch size of 500 with a 0.5 s timeout would hold every request of a quiet moment
+    for half a second. This way a lone request is issued at once and batches grow only with load.
+    """
+    first = consumer.consume(1, timeout)
+    if not first or max_records <= 1:
+        return first
+    return first + consumer.consume(max_records - 1, 0)
+
+
 def _log_assignment(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
     log.info("assigned partitions: %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "none")
 
@@ -298,6 +319,18 @@ class KafkaSource:
         self._consumer = consumer
         self._stale = False
 
+    async def subscribe(self, topics: Mapping[str, int]) -> None:
+        """Consume exactly ``topics`` from now on (a topic version switch); starts the consumer if needed."""
+        self.topics = dict(topics)
+        if self._consumer is None:
+            await self.start()
+            return
+        await asyncio.to_thread(
+            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
+        )
+        self._consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
+        log.info("now consuming %s", ", ".join(self.topics))
+
     async def _rebuild(self) -> None:
         log.warning("subscribed topics vanished (broker lost its state?); recreating the consumer")
         old, self._consumer = self._consumer, None
@@ -315,7 +348,7 @@ class KafkaSource:
                 await asyncio.sleep(timeout)
                 return []
         assert self._consumer is not None, "start() first"
-        messages = await asyncio.to_thread(self._consumer.consume, max_records, timeout)
+        messages = await asyncio.to_thread(_take, self._consumer, max_records, timeout)
         records: list[InboundRecord] = []
         for message in messages:
             error = message.error()
