@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
     admin_token: SecretStr | None = None
+    # Answer plainly valid publish requests without FastAPI's per-request machinery (same contract;
+    # see entrypoints/api/fast_publish.py). False: every request goes through the FastAPI route.
+    http_fast_publish: bool = True
 
     kafka_partitions: int = Field(default=3, ge=1, le=1000)
     kafka_replication_factor: int = Field(default=1, ge=1)

@@ -116,6 +116,7 @@ class LoadRun:
     started: float = 0.0
     finished: float = 0.0
     errors: int = 0  # connection-level failures (no HTTP answer)
+    cpu_s: float = 0.0  # the generator's own CPU time during the run (its cost on the shared cores)
 
     @property
     def duration(self) -> float:
@@ -140,6 +141,7 @@ async def run_load(
         _transport, protocol = await loop.create_connection(_Connection, host, port)
         protocols.append(protocol)
     next_index = 0
+    cpu_started = time.process_time()
     run.started = time.perf_counter()
 
     async def drive(connection: _Connection) -> None:
@@ -167,6 +169,7 @@ async def run_load(
 
     await asyncio.gather(*(drive(p) for p in protocols))
     run.finished = time.perf_counter()
+    run.cpu_s = time.process_time() - cpu_started
     for protocol in protocols:
         if protocol.transport is not None:
             protocol.transport.close()

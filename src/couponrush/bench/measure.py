@@ -46,6 +46,10 @@ def http_figures(run: LoadRun) -> dict[str, object]:
         "outcomes": dict(outcomes.most_common()),
         "latency_ms": latency_summary_ms([r.done - r.due for r in run.results]),
         "accepted_latency_ms": latency_summary_ms([r.done - r.due for r in accepted]),
+        # The load generator shares the cores: its CPU seconds, and the share of one core it used.
+        "generator_cpu_s": round(run.cpu_s, 3),
+        "generator_core_share": round(run.cpu_s / run.duration, 3),
+        "generator_cpu_us_per_request": round(run.cpu_s / max(len(run.results), 1) * 1e6, 1),
     }
 
 

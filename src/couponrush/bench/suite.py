@@ -424,9 +424,15 @@ async def run_scenario(options: BenchOptions, scenario: str, variant: str, run_n
 
 # The figures reported as medians, per scenario: (label, path into one run's figures).
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "ceiling": [("req/s", ("http", "req_per_s")), ("p99 ms", ("http", "latency_ms", "p99"))],
+    "ceiling": [
+        ("req/s", ("http", "req_per_s")),
+        ("p99 ms", ("http", "latency_ms", "p99")),
+        ("generator CPU us/req", ("http", "generator_cpu_us_per_request")),
+        ("generator core share", ("http", "generator_core_share")),
+    ],
     "accept": [
         ("accepted/s", ("http", "accepted_per_s")),
+        ("generator core share", ("http", "generator_core_share")),
         ("p50 ms", ("http", "latency_ms", "p50")),
         ("p99 ms", ("http", "latency_ms", "p99")),
         ("issue p99 ms", ("time_to_issue_ms", "p99")),

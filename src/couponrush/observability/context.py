@@ -8,7 +8,7 @@ the worker sets it per record it issues.
 from __future__ import annotations
 
 import contextlib
-import uuid
+import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -20,8 +20,11 @@ def current_request_id() -> str | None:
 
 
 def new_request_id() -> str:
-    """A fresh server-made id (never taken from a client: it becomes a primary key)."""
-    return uuid.uuid4().hex
+    """A fresh server-made id (never taken from a client: it becomes a primary key).
+
+    128 random bits as 32 hex digits, the shape of ``uuid4().hex`` without building a UUID
+    (this runs once per request on the hot path)."""
+    return os.urandom(16).hex()
 
 
 def request_id_or_new() -> str:

