@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from couponrush.adapters.coupons import PostgresCoupons, PostgresGateSnapshots
 from couponrush.adapters.db import create_pool
+from couponrush.adapters.failures import is_infrastructure_failure
 from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
@@ -23,6 +24,7 @@ from couponrush.adapters.requests import PostgresRequestLog, PostgresRequestStat
 from couponrush.config import Settings, dlq_topic
 from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
+from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import Gate
@@ -128,10 +130,21 @@ def worker_dead_letter_sink(settings: Settings) -> KafkaSink:
     )
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.worker_max_attempts,
+        base_backoff_s=settings.worker_retry_backoff_s,
+        is_infrastructure=is_infrastructure_failure,
+    )
+
+
 def build_worker(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -> Worker:
     return Worker(
         source=source,
         issuing=services.issuing(),
-        dead_letters=KafkaDeadLetters(dlq_sink),
+        dead_letters=ReleasingDeadLetters(
+            inner=KafkaDeadLetters(dlq_sink), gate=services.gate, ledger=services.request_log()
+        ),
         batch_size=services.settings.worker_batch_size,
+        retry=retry_policy(services.settings),
     )

@@ -66,9 +66,20 @@ class Settings(BaseSettings):
     # A request still pending this long after it was accepted is published again (see service/redrive.py).
     redrive_after_s: float = Field(default=30.0, gt=0)
 
+    # A record whose processing fails (not the infrastructure being away: that is retried forever)
+    # is tried this many times, backing off from WORKER_RETRY_BACKOFF_S, then dead-lettered.
+    worker_max_attempts: int = Field(default=5, ge=1, le=100)
+    worker_retry_backoff_s: float = Field(default=0.1, gt=0)
+    # How often the worker compares the Redis gates with the database and repairs them (0: never).
+    reconcile_interval_s: float = Field(default=60.0, ge=0)
+
+    # Opt-in user identity: when set, /api/v1/users/{userId}/... require a bearer token signed with
+    # this secret for that same user id (see docs/OPERATIONS.md, "User identity").
+    user_token_secret: SecretStr | None = None
+
     log_level: str = "INFO"
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "user_token_secret", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value

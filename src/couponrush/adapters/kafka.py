@@ -369,7 +369,9 @@ class KafkaDeadLetters:
 
     sink: KafkaSink
 
-    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
+    async def park(
+        self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, *, attempts: int = 1
+    ) -> bool:
         headers = {k: v.decode("utf-8", "replace") for k, v in record.headers.items()}
         headers.update(
             {
@@ -378,6 +380,7 @@ class KafkaDeadLetters:
                 "dlq-original-topic": record.topic,
                 "dlq-original-partition": str(record.partition),
                 "dlq-original-offset": str(record.offset),
+                "dlq-attempts": str(attempts),
             }
         )
         message = OutboundMessage(
