@@ -20,6 +20,7 @@ from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
 from couponrush.adapters.outbox import PostgresOutbox
+from couponrush.adapters.reconcile import PostgresLedger, RedisGateInspector
 from couponrush.adapters.requests import PostgresRequestLog, PostgresRequestStatus
 from couponrush.config import Settings, dlq_topic
 from couponrush.service.admission import Admission
@@ -28,6 +29,7 @@ from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import Gate
+from couponrush.service.reconcile import InMemoryRepairCounter, Reconciler, RepairCounter
 from couponrush.service.worker import Worker
 
 
@@ -71,6 +73,17 @@ class Services:
 
     def outbox(self) -> PostgresOutbox:
         return PostgresOutbox(self.pool)
+
+    def reconciler(self, counter: RepairCounter | None = None) -> Reconciler:
+        return Reconciler(
+            snapshots=self.snapshots,
+            inspector=RedisGateInspector(self.redis),
+            ledger=PostgresLedger(self.pool, self.settings.publish_requested_topic),
+            rebuilder=self.rebuilder,
+            counter=counter or InMemoryRepairCounter(),
+            confirm_after_s=self.settings.rebuild_grace_s,
+            stuck_after_s=self.settings.redrive_after_s,
+        )
 
 
 def build_gate(settings: Settings, redis: Redis) -> Gate:
