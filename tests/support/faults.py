@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 from couponrush.adapters.broker import free_port, port_open
@@ -29,6 +30,7 @@ class OwnRedis:
     port: int = field(default_factory=free_port)
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chaos-redis-")))
     _process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -45,7 +47,7 @@ class OwnRedis:
     def _spawn(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "the chaos suite needs the redis-server binary"
-        log = (self.log_dir / "redis.log").open("ab")
+        log = self._log = (self.log_dir / "redis.log").open("ab")
         self._process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=log,
@@ -59,6 +61,9 @@ class OwnRedis:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     async def restart(self) -> None:
         self.kill()

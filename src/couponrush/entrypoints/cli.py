@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from couponrush.config import Settings, load_settings
+from couponrush.config import Settings, load_settings, redacted
 
 if TYPE_CHECKING:
     from couponrush.service.ports import InboundRecord
@@ -77,7 +77,7 @@ async def _migrate(settings: Settings) -> list[str]:
     from couponrush.adapters.db import ensure_database, migrate, normalize_dsn
 
     if await ensure_database(settings.database_url):
-        log.info("created database for %s", settings.database_url)
+        log.info("created database for %s", redacted(settings.database_url))
     conn = await asyncpg.connect(normalize_dsn(settings.database_url))
     try:
         return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
@@ -228,6 +228,21 @@ async def _redis_rebuild(settings: Settings) -> dict[int, bool]:
 
     async with open_services(settings) as services:
         return await services.rebuilder.rebuild_all()
+
+
+@app.command("user-token")
+def user_token_command(
+    user_id: Annotated[int, typer.Argument(help="the user id the token names")],
+    ttl: Annotated[int, typer.Option(help="seconds until it expires")] = 3600,
+) -> None:
+    """Print a bearer token for one user, signed with COUPONRUSH_USER_TOKEN_SECRET."""
+    from couponrush.service.identity import user_token
+
+    settings = load_settings()
+    if settings.user_token_secret is None:
+        console.print("[red]COUPONRUSH_USER_TOKEN_SECRET is not set[/red]: user routes need no token.")
+        raise typer.Exit(2)
+    print(user_token(settings.user_token_secret.get_secret_value(), user_id, ttl_s=ttl))
 
 
 @app.command()
