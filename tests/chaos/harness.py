@@ -92,8 +92,10 @@ class Chaos:
     def stop_all(self) -> dict[str, int]:
         codes: dict[str, int] = {}
         for system, redis in self.systems:
+            running = set(system.processes)  # not those a scenario killed on purpose
             for role, code in stop_system(system).items():
-                codes[f"{system.name}/{role}"] = code
+                if role in running:
+                    codes[f"{system.name}/{role}"] = code
             redis.kill()
         return codes
 

@@ -23,15 +23,17 @@ async def kill_and_restart_worker(system: RunningSystem, faults: Faults, *, name
     await system.wait_worker_assigned(times=assigned + 1, name=name)
 
 
-async def test_worker_sigkilled_mid_batch_three_times(chaos: Chaos) -> None:
-    system, _ = await chaos.start("worker-kill")
+# Once in the default suite (the nightly-sized subset); three times with `make chaos`.
+@pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.slow)])
+async def test_worker_sigkilled_mid_batch_and_restarted(chaos: Chaos, kills: int) -> None:
+    system, _ = await chaos.start(f"worker-kill-{kills}")
 
     async def fault(faults: Faults) -> None:
-        for _ in range(3):
+        for _ in range(kills):
             await kill_and_restart_worker(system, faults)
 
-    result = await chaos_drop(system, "1. worker SIGKILL x3 mid-drop, restarted", fault)
-    assert result.faults == ["worker SIGKILL"] * 3
+    result = await chaos_drop(system, f"1. worker SIGKILL x{kills} mid-drop, restarted", fault)
+    assert result.faults == ["worker SIGKILL"] * kills
 
 
 @pytest.mark.slow
@@ -76,6 +78,7 @@ async def test_two_workers_in_one_group_one_killed_its_partitions_move(chaos: Ch
     assert last.count("[") == 3, last  # the survivor owns all three partitions
 
 
+@pytest.mark.slow
 async def test_sigterm_under_load_every_role_exits_0_within_its_bound(chaos: Chaos) -> None:
     """SIGTERM mid-drop: the worker and relay finish or hand back their batch and exit 0 promptly; an API
     draining answers what it took in (with the envelope) and refuses new connections; nothing accepted is lost."""
