@@ -16,20 +16,22 @@ for line in path.read_text().splitlines():
 
 print(
     "| scenario | runs | requests / users / quantity per run | faults injected (per run) | invariants "
-    "| told OK / issued | recovery time | fault → whole drop settled |"
+    "| told OK / issued | recovery: fault → all accepted so far issued | fault → first request accepted "
+    "| fault → whole drop settled |"
 )
-print("|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|")
 for scenario, results in sorted(runs.items()):
     held = sum(all(r["invariants"].values()) for r in results)  # type: ignore[attr-defined]
     failed = sorted({k for r in results for k, v in r["invariants"].items() if not v})  # type: ignore[attr-defined]
     last = results[-1]
     recovery = ", ".join(f"{r['recovery_s']} s" for r in results)
     settled = ", ".join(f"{r.get('settled_s', '?')} s" for r in results)
+    admitting = ", ".join(f"{r.get('admitting_again_s', '?')} s" for r in results)
     ok_issued = ", ".join(f"{r['told_ok']}/{r['issued']}" for r in results)
     print(
         f"| {scenario} | {len(results)} | {last['requests']} / {last['users']} / {last['quantity']} "
         f"| {'; '.join(last['faults'])} "  # type: ignore[arg-type]
         f"| {held}/{len(results)} runs: all {len(last['invariants'])} held"  # type: ignore[arg-type]
         + (f" (failed: {', '.join(failed)})" if failed else "")
-        + f" | {ok_issued} | {recovery} | {settled} |"
+        + f" | {ok_issued} | {recovery} | {admitting} | {settled} |"
     )

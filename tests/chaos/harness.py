@@ -61,6 +61,8 @@ class ChaosResult:
     recovery_s: float
     # From the first fault until every accepted request of the drop was decided.
     settled_s: float
+    # From the first fault until the first request accepted after it (None: none was, e.g. sold out).
+    admitting_again_s: float | None
     notes: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> None:
@@ -178,6 +180,13 @@ async def check_invariants(
             faults.done_wall,
         )
         recovery_s = max(0.0, float(last_decided or 0) - (faults.first_wall or 0))
+        first_after = await conn.fetchval(
+            "SELECT extract(epoch FROM min(requested_at)) FROM coupon_requests"
+            " WHERE coupon_id = $1 AND requested_at > to_timestamp($2)",
+            coupon_id,
+            faults.first_wall,
+        )
+        admitting_again_s = None if first_after is None else round(float(first_after) - (faults.first_wall or 0), 1)
         holders = [
             r["user_id"] for r in await conn.fetch("SELECT user_id FROM user_coupons WHERE coupon_id = $1", coupon_id)
         ]
@@ -224,6 +233,7 @@ async def check_invariants(
         invariants=invariants,
         recovery_s=round(recovery_s, 1),
         settled_s=round(settled_s, 1),
+        admitting_again_s=admitting_again_s,
         notes={
             "issued but not told OK (answered 503/409 after a commit)": len(set(holders) - {a.user_id for a in told_ok})
         },
