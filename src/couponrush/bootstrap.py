@@ -19,17 +19,28 @@ from couponrush.adapters.failures import is_infrastructure_failure
 from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
+from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
+from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
 from couponrush.adapters.reconcile import PostgresLedger, RedisGateInspector
-from couponrush.adapters.requests import PostgresRequestLog, PostgresRequestStatus
+from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
 from couponrush.config import Settings, dlq_topic
+from couponrush.observability.context import request_id_or_new
+from couponrush.observability.health import Probe
+from couponrush.observability.instrument import (
+    MeteredDeadLetters,
+    MeteredRepairs,
+    ObservedIssuing,
+    ObservedSource,
+    TimedGate,
+)
 from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import Gate
-from couponrush.service.reconcile import InMemoryRepairCounter, Reconciler, RepairCounter
+from couponrush.service.ports import Gate, RequestLog
+from couponrush.service.reconcile import Reconciler, RepairCounter
 from couponrush.service.worker import Worker
 
 
@@ -40,6 +51,8 @@ class Services:
     redis: Redis
     gate: Gate
     rebuilder: GateRebuilder
+    # How the request path records accepted requests (a group commit unless RECORD_FLUSHERS=0).
+    recorder: RequestLog
 
     @property
     def coupons(self) -> PostgresCoupons:
@@ -55,11 +68,12 @@ class Services:
 
     def admission(self) -> Admission:
         return Admission(
-            gate=self.gate,
+            gate=TimedGate(self.gate),
             coupons=self.coupons,
-            requests=PostgresRequestLog(self.pool, self.settings.publish_requested_topic),
+            requests=self.recorder,
             schedule_rebuild=self.rebuilder.schedule,
             record_timeout_s=self.settings.record_timeout_s,
+            new_request_id=request_id_or_new,
         )
 
     def coupon_admin(self) -> CouponAdmin:
@@ -80,10 +94,29 @@ class Services:
             inspector=RedisGateInspector(self.redis),
             ledger=PostgresLedger(self.pool, self.settings.publish_requested_topic),
             rebuilder=self.rebuilder,
-            counter=counter or InMemoryRepairCounter(),
+            counter=counter or MeteredRepairs(),
             confirm_after_s=self.settings.rebuild_grace_s,
             stuck_after_s=self.settings.redrive_after_s,
         )
+
+    def operations(self) -> PostgresOperations:
+        return PostgresOperations(self.pool, self.settings.publish_requested_topic)
+
+    def probes(self) -> list[Probe]:
+        """Readiness: PostgreSQL (schema current), Redis, Kafka. Once per process: the Kafka probe keeps a client."""
+        return [PostgresProbe(self.pool), RedisProbe(self.redis), KafkaProbe(self.settings.kafka_bootstrap_servers)]
+
+
+def build_recorder(settings: Settings, pool: asyncpg.Pool) -> RequestLog:
+    """Recording is bounded by RECORD_TIMEOUT_S in all: half queued at most, half for the transaction."""
+    if settings.record_flushers == 0:
+        return PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s)
+    return GroupCommitRequestLog(
+        PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s / 2),
+        queue_wait_s=settings.record_timeout_s / 2,
+        max_batch=settings.record_batch_max,
+        flushers=settings.record_flushers,
+    )
 
 
 def build_gate(settings: Settings, redis: Redis) -> Gate:
@@ -98,9 +131,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     gate = build_gate(settings, redis)
     rebuilder = GateRebuilder(gate=gate, snapshots=PostgresGateSnapshots(pool), grace_s=settings.rebuild_grace_s)
+    recorder = build_recorder(settings, pool)
     try:
-        yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder)
+        yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder, recorder=recorder)
     finally:
+        if isinstance(recorder, GroupCommitRequestLog):
+            await recorder.close()
         await rebuilder.close()
         await redis.aclose()
         await pool.close()
@@ -152,12 +188,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def build_worker(services: Services, source: KafkaSource, dlq_sink: KafkaSink) -> Worker:
+    observed = ObservedSource(source)
     return Worker(
-        source=source,
-        issuing=services.issuing(),
+        source=observed,
+        issuing=ObservedIssuing(
+            issuer=PostgresIssuer(services.pool, services.settings.published_topic),
+            gate=services.gate,
+            records=observed,
+        ),
         dead_letters=ReleasingDeadLetters(
-            inner=KafkaDeadLetters(dlq_sink), gate=services.gate, ledger=services.request_log()
+            inner=MeteredDeadLetters(KafkaDeadLetters(dlq_sink)), gate=services.gate, ledger=services.request_log()
         ),
         batch_size=services.settings.worker_batch_size,
+        mode=services.settings.worker_mode,
         retry=retry_policy(services.settings),
     )

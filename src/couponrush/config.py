@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # NOTIFY wakes it (covers a lost notification); the happy path never waits on it.
     relay_idle_scan_s: float = Field(default=1.0, gt=0)
     worker_batch_size: int = Field(default=500, ge=1, le=100_000)
+    # "batch": a poll's records issued in one transaction, offsets committed once. "single": the
+    # report's way, one record, one transaction, one commit (kept to measure against).
+    worker_mode: Literal["batch", "single"] = "batch"
 
     # "reserve": OK means a unit is reserved for you (atomic Lua gate). "flag": the report's gate,
     # which only reads coupon:available:{id} (kept to compare; it over-accepts in a rush).
@@ -73,6 +76,10 @@ class Settings(BaseSettings):
     # Bound on recording an accepted request; a gate rebuild waits longer than this (grace).
     record_timeout_s: float = Field(default=2.0, gt=0)
     rebuild_grace_s: float = Field(default=3.0, gt=0)
+    # Group commit of accepted requests: up to RECORD_FLUSHERS transactions at once, each taking
+    # whatever is queued (up to RECORD_BATCH_MAX). 0 flushers: one transaction per request.
+    record_flushers: int = Field(default=2, ge=0, le=64)
+    record_batch_max: int = Field(default=500, ge=1, le=100_000)
 
     # A request still pending this long after it was accepted is published again (see service/redrive.py).
     redrive_after_s: float = Field(default=30.0, gt=0)
@@ -89,6 +96,12 @@ class Settings(BaseSettings):
     user_token_secret: SecretStr | None = None
 
     log_level: str = "INFO"
+    # "auto": JSON lines when stdout is not a terminal, text when it is.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # The relay's and the worker's own HTTP endpoint (/metrics, /health/live, /health/ready); 0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    relay_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
 
     @field_validator("admin_token", "user_token_secret", mode="before")
     @classmethod

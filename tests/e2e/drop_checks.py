@@ -41,7 +41,9 @@ async def assert_ok_means_issued(system: RunningSystem, coupon_id: int, answers:
 
     assert len(told_ok) == quantity, Counter((a.status, a.reason) for a in answers)
     assert len(set(told_ok)) == quantity  # nobody told OK twice
-    assert {(a.status, a.reason) for a in refused} <= {(409, "SOLD_OUT"), (409, "ALREADY_REQUESTED")}
+    assert {(a.status, a.reason) for a in refused} <= {(409, "SOLD_OUT"), (409, "ALREADY_REQUESTED")}, Counter(
+        (a.status, a.reason) for a in refused
+    )
     # A refused user who was never told OK got SOLD_OUT or ALREADY_REQUESTED, never silence.
     assert all(a.reason for a in refused)
 

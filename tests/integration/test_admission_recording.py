@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -10,10 +11,11 @@ from redis.asyncio import Redis
 
 from couponrush.adapters.coupons import PostgresCoupons
 from couponrush.adapters.gate import RedisReservingGate, gate_key, holders_key
-from couponrush.adapters.requests import PostgresRequestLog
+from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog
 from couponrush.service.admission import Admission, Unavailable
 from couponrush.service.coupon_admin import CouponAdmin
-from tests.support.data import new_coupon
+from couponrush.service.ports import RequestLog
+from tests.support.data import new_coupon, publish_requested
 
 
 @pytest.fixture
@@ -30,13 +32,19 @@ async def outbox_refusing_inserts(db: asyncpg.Pool) -> AsyncIterator[asyncpg.Poo
         await db.execute("DROP TRIGGER IF EXISTS refuse_outbox ON outbox; DROP FUNCTION IF EXISTS refuse_outbox();")
 
 
+def recorder(kind: str, db: asyncpg.Pool) -> RequestLog:
+    log = PostgresRequestLog(db, "requests")
+    return log if kind == "single" else GroupCommitRequestLog(log)
+
+
+@pytest.mark.parametrize("kind", ["single", "group-commit"])
 async def test_a_failed_outbox_insert_gives_the_reservation_back_and_records_nothing(
-    outbox_refusing_inserts: asyncpg.Pool, redis: Redis
+    outbox_refusing_inserts: asyncpg.Pool, redis: Redis, kind: str
 ) -> None:
     db = outbox_refusing_inserts
     gate = RedisReservingGate(redis)
     coupon = await CouponAdmin(coupons=PostgresCoupons(db), gate=gate).create(new_coupon(quantity=1))
-    admission = Admission(gate=gate, coupons=PostgresCoupons(db), requests=PostgresRequestLog(db, "requests"))
+    admission = Admission(gate=gate, coupons=PostgresCoupons(db), requests=recorder(kind, db))
 
     with pytest.raises(Unavailable):
         await admission.request(user_id=7, coupon_id=coupon.id)
@@ -50,3 +58,19 @@ async def test_a_failed_outbox_insert_gives_the_reservation_back_and_records_not
     event = await admission.request(user_id=7, coupon_id=coupon.id)  # the same user, once it works again
     assert await redis.hget(holders_key(coupon.id), "7") == event.request_id.encode()  # type: ignore[misc]
     assert await redis.get(f"coupon:available:{coupon.id}") == b"false"
+
+
+async def test_concurrent_requests_share_transactions_and_each_is_recorded_with_its_event(db: asyncpg.Pool) -> None:
+    coupon = await PostgresCoupons(db).create(new_coupon(quantity=1000))
+    log = GroupCommitRequestLog(PostgresRequestLog(db, "requests"), flushers=2)
+    events = [publish_requested(user_id=u, coupon_id=coupon.id) for u in range(1, 401)]
+    await asyncio.gather(*(log.record_accepted(e) for e in events))
+    await log.close()
+
+    assert log.committer.items == 400
+    assert log.committer.batches < 400 / 4  # shared transactions, not one each
+    rows = await db.fetch("SELECT request_id FROM coupon_requests WHERE status = 'PENDING'")
+    assert {r["request_id"] for r in rows} == {e.request_id for e in events}
+    queued = await db.fetch("SELECT key, headers->>'request-id' AS request_id FROM outbox ORDER BY id")
+    assert {q["request_id"] for q in queued} == {e.request_id for e in events}
+    assert {q["key"] for q in queued} == {str(coupon.id)}

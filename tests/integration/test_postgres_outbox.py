@@ -15,7 +15,7 @@ from couponrush.adapters.db import available_migrations, migrate, pending_migrat
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.requests import PostgresRequestLog
 from couponrush.domain.events import PublishRequested
-from couponrush.service.ports import OutboundMessage
+from couponrush.service.ports import NotRecorded, OutboundMessage
 from tests.support.data import publish_requested
 
 
@@ -38,8 +38,9 @@ async def test_the_request_and_its_event_are_written_together_or_not_at_all(db: 
     event = publish_requested(user_id=7, coupon_id=3)
     log = PostgresRequestLog(db, "requests.v1")
     await log.record_accepted(event)
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(NotRecorded) as refused:
         await log.record_accepted(event)  # same request id: the request insert fails...
+    assert isinstance(refused.value.__cause__, asyncpg.UniqueViolationError)
     assert await db.fetchval("SELECT count(*) FROM outbox") == 1  # ...and its event is rolled back too
 
 

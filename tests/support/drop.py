@@ -54,8 +54,9 @@ async def run_drop(
         nonlocal midway_task
         client = clients[n % len(clients)]
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + retry_unavailable_for_s
         async with gate:
+            # The client's patience starts with its first attempt, not while it queues for a connection.
+            give_up = loop.time() + retry_unavailable_for_s
             while True:
                 try:
                     response = await client.post(

@@ -173,6 +173,15 @@ class FakeIssuer:
     decided: dict[str, IssueOutcome] = field(default_factory=dict)
     failures_left: int = 0
 
+    batches: list[int] = field(default_factory=list)
+
+    async def issue_batch(self, events: Sequence[PublishRequested], now: datetime) -> list[IssueOutcome]:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise ConnectionError("database is away")
+        self.batches.append(len(events))
+        return [await self.issue(event, now) for event in events]
+
     async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
         if self.failures_left > 0:
             self.failures_left -= 1

@@ -59,6 +59,9 @@ class RunningSystem:
             "COUPONRUSH_HTTP_PORT": str(self.http_port),
             "COUPONRUSH_ADMIN_TOKEN": ADMIN_TOKEN,
             "COUPONRUSH_LOG_LEVEL": "INFO",
+            # No fixed metrics ports: systems run side by side (a test that wants them sets free ports).
+            "COUPONRUSH_RELAY_METRICS_PORT": "0",
+            "COUPONRUSH_WORKER_METRICS_PORT": "0",
             **self.extra_env,
         }
 
@@ -67,12 +70,14 @@ class RunningSystem:
             [sys.executable, "-m", "couponrush", *args], env=self.env, capture_output=True, timeout=60, check=True
         )
 
-    def start(self, role: str, *, name: str | None = None, env: dict[str, str] | None = None) -> None:
+    def start(
+        self, role: str, *, name: str | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         """Start one role's process; ``name`` tells apart several processes of one role."""
         key = name or role
         log = self.logs[key] = (self.log_dir / f"{self.name}-{key}.log").open("ab")
         self.processes[key] = subprocess.Popen(
-            [sys.executable, "-m", "couponrush", role],
+            [sys.executable, "-m", "couponrush", role, *args],
             env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from couponrush.domain.model import Coupon, CouponStatus, NewCoupon, RejectReason
+from couponrush.domain.model import Coupon, CouponStatus, NewCoupon, PendingRequest, RejectReason, decide_in_order
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -92,3 +92,74 @@ def test_a_new_coupon_refuses_impossible_values(field: str, value: object, messa
 
 def test_a_full_discount_is_allowed() -> None:
     assert NewCoupon("free", Decimal(1), 1, CouponStatus.PUBLISHABLE, NOW).discount_rate == 1
+
+
+def pending(request_id: str, user_id: int, coupon_id: int = 1) -> PendingRequest:
+    return PendingRequest(request_id, user_id, coupon_id)
+
+
+def test_a_batch_is_decided_in_order_first_come_first_served() -> None:
+    decisions = decide_in_order(
+        [pending("a", 1), pending("b", 2), pending("c", 3)], {1: coupon(quantity=2)}, set(), NOW
+    )
+    assert [(d.request.request_id, d.reason) for d in decisions] == [
+        ("a", None),
+        ("b", None),
+        ("c", RejectReason.SOLD_OUT),
+    ]
+    assert [d.coupon.issued_count for d in decisions if d.coupon] == [1, 2, 2]
+
+
+def test_a_user_issued_earlier_in_the_batch_is_refused_later_in_it() -> None:
+    decisions = decide_in_order([pending("a", 1), pending("b", 1)], {1: coupon()}, set(), NOW)
+    assert [d.reason for d in decisions] == [None, RejectReason.ALREADY_ISSUED]
+
+
+def test_a_user_who_held_it_before_the_batch_is_refused() -> None:
+    decisions = decide_in_order([pending("a", 1), pending("b", 2)], {1: coupon()}, {(1, 1)}, NOW)
+    assert [d.reason for d in decisions] == [RejectReason.ALREADY_ISSUED, None]
+
+
+def test_a_batch_spanning_coupons_counts_each_on_its_own() -> None:
+    other = Coupon(
+        id=2,
+        name="other",
+        discount_rate=Decimal("0.5"),
+        quantity=1,
+        issued_count=0,
+        status=CouponStatus.PUBLISHABLE,
+        expired_at=NOW + timedelta(hours=1),
+    )
+    requests = [pending("a", 1, 2), pending("b", 1, 1), pending("c", 2, 2), pending("d", 3, 9)]
+    decisions = decide_in_order(requests, {1: coupon(quantity=1), 2: other}, set(), NOW)
+    assert [d.reason for d in decisions] == [None, None, RejectReason.SOLD_OUT, RejectReason.UNKNOWN_COUPON]
+
+
+@pytest.mark.parametrize(
+    ("closed", "reason"),
+    [
+        (coupon(status=CouponStatus.UNPUBLISHABLE), RejectReason.NOT_OPEN),
+        (coupon(expires_in=-1), RejectReason.EXPIRED),
+        (coupon(quantity=3, issued=3), RejectReason.SOLD_OUT),
+    ],
+)
+def test_a_closed_coupon_refuses_the_whole_batch_with_its_reason(closed: Coupon, reason: RejectReason) -> None:
+    decisions = decide_in_order([pending("a", 1), pending("b", 2)], {1: closed}, set(), NOW)
+    assert [d.reason for d in decisions] == [reason, reason]
+
+
+def test_deciding_a_batch_equals_deciding_its_requests_one_at_a_time() -> None:
+    requests = [pending(f"r{i}", user_id=i % 7 + 1, coupon_id=i % 2 + 1) for i in range(40)]
+    coupons = {1: coupon(quantity=4), 2: Coupon(2, "b", Decimal("0.2"), 3, 1, CouponStatus.PUBLISHABLE, NOW)}
+    batch = decide_in_order(requests, coupons, {(3, 1)}, NOW - timedelta(seconds=1))
+    single: list[RejectReason | None] = []
+    state, held = dict(coupons), {(3, 1)}
+    for request in requests:
+        [decision] = decide_in_order([request], state, held, NOW - timedelta(seconds=1))
+        single.append(decision.reason)
+        if decision.coupon is not None:
+            state[decision.coupon.id] = decision.coupon
+        if decision.issued:
+            held.add((request.user_id, request.coupon_id))
+    assert [d.reason for d in batch] == single
+    assert sum(d.issued for d in batch) == 4 + 2

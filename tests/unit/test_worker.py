@@ -78,8 +78,53 @@ async def test_stopping_while_the_database_is_away_commits_only_what_was_settled
         return await original(event, now)
 
     issuer.issue = fail_after_first  # type: ignore[method-assign,assignment]
+    worker = Worker(source=source, issuing=service, dead_letters=FakeDeadLetters(), mode="single")
+    await asyncio.wait_for(worker.run(stop), 5)
+    assert [[r.offset for r in committed] for committed in source.committed] == [[0]]
+
+
+async def test_a_batch_the_database_could_not_take_before_stopping_commits_none_of_it() -> None:
+    coupons = await coupons_with_stock(5)
+    issuer = FakeIssuer(coupons)
+    source = FakeSource([[record(0, b"{garbage"), record(1, request("r1", 7)), record(2, request("r2", 8))]])
+    service = IssuingService(issuer=issuer, gate=FakeGate(), clock=lambda: NOW)
+    stop = asyncio.Event()
+
+    async def database_away(events: object, now: datetime) -> object:
+        stop.set()
+        raise ConnectionError("database is away")
+
+    issuer.issue_batch = database_away  # type: ignore[method-assign,assignment]
     await asyncio.wait_for(Worker(source=source, issuing=service, dead_letters=FakeDeadLetters()).run(stop), 5)
+    # The parked record before the batch is settled; the batch is handed back whole.
     assert [r.offset for r in source.committed[0]] == [0]
+
+
+async def test_a_poll_is_issued_in_one_batch_in_partition_order() -> None:
+    coupons = await coupons_with_stock(2)
+    issuer = FakeIssuer(coupons)
+    source = FakeSource([[record(i, request(f"r{i}", 10 + i)) for i in range(4)]])
+    await run_until_drained(source, issuer, FakeDeadLetters())
+    assert issuer.batches == [4]
+    assert [h.user_id for h in coupons.held] == [10, 11]  # first come, first served
+    assert [r.offset for r in source.committed[0]] == [0, 1, 2, 3]
+
+
+async def test_the_single_mode_commits_after_every_record() -> None:
+    coupons = await coupons_with_stock(5)
+    issuer = FakeIssuer(coupons)
+    source = FakeSource([[record(0, request("r1", 7)), record(1, request("r2", 8))]])
+    service = IssuingService(issuer=issuer, gate=FakeGate(), clock=lambda: NOW)
+    stop = asyncio.Event()
+    worker = Worker(source=source, issuing=service, dead_letters=FakeDeadLetters(), mode="single")
+
+    async def stop_when_drained() -> None:
+        await source.drained.wait()
+        stop.set()
+
+    await asyncio.wait_for(asyncio.gather(worker.run(stop), stop_when_drained()), 5)
+    assert issuer.batches == []
+    assert [[r.offset for r in committed] for committed in source.committed] == [[0], [1]]
 
 
 async def test_an_event_the_database_can_never_store_is_parked_not_retried_forever() -> None:

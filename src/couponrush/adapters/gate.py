@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from couponrush.domain.model import Coupon, GateSnapshot, RejectReason
 from couponrush.service.ports import GateState, GateVerdict
@@ -240,6 +241,13 @@ class RedisReservingGate:
     """Admits a request only by reserving one unit for it, atomically, in one round trip."""
 
     redis: Redis
+    # The hot scripts go by SHA (EVALSHA, reloaded by redis-py if the server lost them).
+    _admit: AsyncScript = field(init=False, repr=False)
+    _release: AsyncScript = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_admit", self.redis.register_script(_ADMIT))
+        object.__setattr__(self, "_release", self.redis.register_script(_RELEASE))
 
     @property
     def reserves(self) -> bool:
@@ -250,8 +258,8 @@ class RedisReservingGate:
         return ReportFlag(self.redis)
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
-        answer = await self.redis.eval(  # type: ignore[misc]
-            _ADMIT, 2, gate_key(coupon_id), holders_key(coupon_id), str(user_id), request_id, str(_epoch_ms(now))
+        answer = await self._admit(
+            keys=(gate_key(coupon_id), holders_key(coupon_id)), args=(user_id, request_id, _epoch_ms(now))
         )
         state = answer[0].decode()
         if state == "ADMITTED":
@@ -270,9 +278,7 @@ class RedisReservingGate:
         return GateVerdict(GateState[state])
 
     async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
-        stock = await self.redis.eval(  # type: ignore[misc]
-            _RELEASE, 2, gate_key(coupon_id), holders_key(coupon_id), str(user_id), request_id
-        )
+        stock = await self._release(keys=(gate_key(coupon_id), holders_key(coupon_id)), args=(user_id, request_id))
         if int(stock) == 1:  # a sold-out coupon has a unit again
             await self._refresh_flag(coupon_id)
 

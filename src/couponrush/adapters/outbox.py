@@ -30,6 +30,23 @@ async def enqueue(conn: Connection, message: OutboundMessage) -> None:
     )
 
 
+async def enqueue_many(conn: Connection, messages: Sequence[OutboundMessage]) -> None:
+    """Add messages to the outbox within the caller's open transaction: one statement, ids in list order."""
+    if not messages:
+        return
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, payload, headers)"
+        " SELECT m.topic, m.key, m.payload, m.headers::jsonb"
+        " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY"
+        "   AS m(topic, key, payload, headers, n)"
+        " ORDER BY m.n",
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.payload for m in messages],
+        [json.dumps(dict(m.headers)) for m in messages],
+    )
+
+
 def _row(record: asyncpg.Record) -> OutboxRow:
     headers = json.loads(str(record["headers"]))
     return OutboxRow(

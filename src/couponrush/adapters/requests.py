@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from couponrush.adapters import outbox
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import RejectReason, RequestStatus, RequestView
-from couponrush.service.ports import OutboundMessage
+from couponrush.observability import tracing
+from couponrush.service.group_commit import GroupCommitter
+from couponrush.service.ports import NotRecorded, OutboundMessage
 
 
 def publish_requested_message(topic: str, event: PublishRequested) -> OutboundMessage:
@@ -18,25 +23,62 @@ def publish_requested_message(topic: str, event: PublishRequested) -> OutboundMe
         topic=topic,
         key=str(event.coupon_id),
         payload=event.to_json(),
-        headers={"request-id": event.request_id, "event-type": event.type},
+        # traceparent (only when tracing is on) lets the worker's span join the HTTP request's trace.
+        headers={"request-id": event.request_id, "event-type": event.type, **tracing.inject_headers()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event: PublishRequested
+    message: OutboundMessage
 
 
 @dataclass(frozen=True, slots=True)
 class PostgresRequestLog:
     pool: asyncpg.Pool
     topic: str
+    # Bound on one recording transaction, pool wait included.
+    timeout_s: float = 2.0
 
     async def record_accepted(self, event: PublishRequested) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at) VALUES ($1, $2, $3, $4)",
-                event.request_id,
-                event.user_id,
-                event.coupon_id,
-                event.requested_at,
-            )
-            await outbox.enqueue(conn, publish_requested_message(self.topic, event))
+        await self.record_many([self.accepted(event)])
+
+    def accepted(self, event: PublishRequested) -> Accepted:
+        """The request with its outbox message, built now: in the caller's context (its trace)."""
+        return Accepted(event, publish_requested_message(self.topic, event))
+
+    async def record_many(self, accepted: Sequence[Accepted]) -> None:
+        """Record accepted requests and their outbox events in one transaction (one statement each).
+
+        Raises ``NotRecorded`` when the failure came before COMMIT was sent (nothing was recorded);
+        a failure during COMMIT propagates as it is: the outcome is unknown.
+        """
+        committing = False
+        try:
+            async with asyncio.timeout(self.timeout_s), self.pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    await conn.execute(
+                        "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
+                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])",
+                        [a.event.request_id for a in accepted],
+                        [a.event.user_id for a in accepted],
+                        [a.event.coupon_id for a in accepted],
+                        [a.event.requested_at for a in accepted],
+                    )
+                    await outbox.enqueue_many(conn, [a.message for a in accepted])
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                    raise
+                committing = True
+                await transaction.commit()
+        except Exception as exc:
+            if committing:
+                raise
+            raise NotRecorded(f"{type(exc).__name__}: {exc}") from exc
 
     async def redrive_stuck(self, older_than_s: float, limit: int) -> int:
         """Publish again the requests pending for longer than ``older_than_s`` whose event is not queued.
@@ -91,6 +133,33 @@ class PostgresRequestLog:
 
     async def exists(self, request_id: str) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM coupon_requests WHERE request_id = $1", request_id))
+
+
+@dataclass
+class GroupCommitRequestLog:
+    """Records accepted requests through a group commit: concurrent requests share one transaction.
+
+    Bounded like a single recording: at most ``queue_wait_s`` queued (then ``NotRecorded``, since
+    no flush took it), plus one flush bounded by ``log.timeout_s``.
+    """
+
+    log: PostgresRequestLog
+    queue_wait_s: float = 1.0
+    max_batch: int = 500
+    flushers: int = 2
+    committer: GroupCommitter[Accepted] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = GroupCommitter(self.log.record_many, max_batch=self.max_batch, concurrency=self.flushers)
+
+    async def record_accepted(self, event: PublishRequested) -> None:
+        await self.committer.submit(self.log.accepted(event), self.queue_wait_s)
+
+    async def exists(self, request_id: str) -> bool:
+        return await self.log.exists(request_id)
+
+    async def close(self) -> None:
+        await self.committer.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -158,3 +159,55 @@ class RequestView:
     requested_at: datetime
     decided_at: datetime | None
     issued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """An accepted request still to be decided, as the database recorded it."""
+
+    request_id: str
+    user_id: int
+    coupon_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the issuing rules decided for one request; ``coupon`` is the coupon right after it."""
+
+    request: PendingRequest
+    reason: RejectReason | None  # None: issue it
+    coupon: Coupon | None
+
+    @property
+    def issued(self) -> bool:
+        return self.reason is None
+
+
+def decide_in_order(
+    requests: Sequence[PendingRequest],
+    coupons: Mapping[int, Coupon],
+    holders: Set[tuple[int, int]],
+    now: datetime,
+) -> list[Decision]:
+    """Apply the issuing rules to ``requests`` one after another, in the order given.
+
+    The same rules as one request at a time (``Coupon.issue_decision``), with each decision seeing
+    the ones before it: a coupon's count grows as it is issued, and a user issued a coupon earlier
+    in the sequence holds it for the rest. ``holders`` is the (user id, coupon id) pairs already
+    held before the first request. Issuing a batch this way gives exactly the outcome of issuing
+    its requests singly in the same order.
+    """
+    current = dict(coupons)
+    held = set(holders)
+    decisions: list[Decision] = []
+    for request in requests:
+        coupon = current.get(request.coupon_id)
+        if coupon is None:
+            decisions.append(Decision(request, RejectReason.UNKNOWN_COUPON, None))
+            continue
+        reason = coupon.issue_decision(already_holds=(request.user_id, coupon.id) in held, now=now)
+        if reason is None:
+            coupon = current[coupon.id] = coupon.after_issuing_one()
+            held.add((request.user_id, coupon.id))
+        decisions.append(Decision(request, reason, coupon))
+    return decisions

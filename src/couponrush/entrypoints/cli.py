@@ -7,10 +7,13 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,19 +26,36 @@ if TYPE_CHECKING:
     from couponrush.service.ports import InboundRecord
     from couponrush.service.reconcile import CouponReport
 
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from couponrush.bootstrap import Services
+
 app = typer.Typer(help="couponrush: first-come-first-served coupon drops.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("couponrush")
 
 
-def _configure_logging(settings: Settings, role: str) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
-        force=True,
-    )
-    for noisy in ("asyncio", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(settings: Settings, role: str, *, to_stderr: bool = False) -> None:
+    from couponrush.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, role, settings.log_format, stream=sys.stderr if to_stderr else None)
+
+
+@contextlib.asynccontextmanager
+async def _role_endpoint(services: Services, port: int) -> AsyncIterator[None]:
+    """The relay's or worker's /metrics, /health/live and /health/ready on ``port`` (0: none)."""
+    from couponrush.observability.server import ObservabilityServer
+
+    if port == 0:
+        yield
+        return
+    server = ObservabilityServer(services.probes())
+    await server.start(services.settings.metrics_host, port)
+    try:
+        yield
+    finally:
+        await server.close()
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -98,16 +118,40 @@ def api(
     # installed before it. A no-op Python handler there makes a graceful stop exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(
-        "couponrush.entrypoints.api.main:create_app_from_env",
-        factory=True,
-        host=settings.http_host,
-        port=settings.http_port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    with _metrics_directory():
+        uvicorn.run(
+            "couponrush.entrypoints.api.main:create_app_from_env",
+            factory=True,
+            host=settings.http_host,
+            port=settings.http_port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            # Our root logger (JSON or text, with request ids) formats uvicorn's lines too.
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this API run, so /metrics sums every worker process.
+
+    Set before any worker imports prometheus_client (the mode is chosen at import), and removed at
+    exit: stale files from an earlier run would otherwise be summed in. One set by the operator is
+    used as it is and left in place.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="couponrush-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    log.info("metrics of every API worker process are summed in %s (removed at exit)", path)
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @app.command()
@@ -116,18 +160,20 @@ def relay() -> None:
     settings = load_settings()
     _configure_logging(settings, "relay")
     _require_kafka(settings)
+    _configure_tracing("relay")
     asyncio.run(_relay(settings))
 
 
 async def _relay(settings: Settings) -> None:
     from couponrush.bootstrap import open_services, relay_sink
+    from couponrush.observability.instrument import MeteredSink
     from couponrush.service.redrive import redrive_stuck_requests
     from couponrush.service.relay import run_relay
     from couponrush.service.signals import sleep_unless
 
     stop = _stop_on_signals()
     sink = relay_sink(settings)
-    async with open_services(settings) as services:
+    async with open_services(settings) as services, _role_endpoint(services, settings.relay_metrics_port):
         outbox = services.outbox()
         try:
             while not stop.is_set():
@@ -141,7 +187,7 @@ async def _relay(settings: Settings) -> None:
                             await asyncio.gather(
                                 run_relay(
                                     outbox,
-                                    sink,
+                                    MeteredSink(sink),
                                     halt,
                                     batch_size=settings.relay_batch_size,
                                     idle_scan_s=settings.relay_idle_scan_s,
@@ -166,11 +212,13 @@ def worker() -> None:
     settings = load_settings()
     _configure_logging(settings, "worker")
     _require_kafka(settings)
+    _configure_tracing("worker")
     asyncio.run(_worker(settings))
 
 
 async def _worker(settings: Settings) -> None:
     from couponrush.bootstrap import build_worker, open_services, worker_dead_letter_sink, worker_source
+    from couponrush.observability.instrument import sample_consumer_lag
     from couponrush.service.expiry import close_expired_gates
     from couponrush.service.reconcile import reconcile_periodically
     from couponrush.service.signals import sleep_unless
@@ -188,7 +236,7 @@ async def _worker(settings: Settings) -> None:
             await sleep_unless(stop, 1.0)
     if stop.is_set():
         return
-    async with open_services(settings) as services:
+    async with open_services(settings) as services, _role_endpoint(services, settings.worker_metrics_port):
         # Reconciliation may be mid-rebuild when we are asked to stop: cancel it (the rebuild lifts its fence).
         reconciling = asyncio.create_task(
             reconcile_periodically(services.reconciler(), stop, interval_s=settings.reconcile_interval_s)
@@ -197,6 +245,7 @@ async def _worker(settings: Settings) -> None:
             await asyncio.gather(
                 build_worker(services, source, dlq_sink).run(stop),
                 close_expired_gates(services.snapshots, services.gate, stop),
+                sample_consumer_lag(source, stop),
             )
         finally:
             reconciling.cancel()
@@ -205,6 +254,15 @@ async def _worker(settings: Settings) -> None:
             await dlq_sink.close()
     log.info("worker stopped")
 
+
+def _add_operator_commands() -> None:
+    from couponrush.entrypoints.cli_operations import coupons_app, stats
+
+    app.add_typer(coupons_app, name="coupons")
+    app.command("stats")(stats)
+
+
+_add_operator_commands()
 
 redis_app = typer.Typer(help="The Redis gate (a cache of the database).", no_args_is_help=True)
 app.add_typer(redis_app, name="redis")
@@ -345,6 +403,135 @@ async def _dlq_replay(settings: Settings) -> tuple[int, int]:
         return len(report.republished), len(report.kept)
     finally:
         await source.close()
+
+
+bench_app = typer.Typer(
+    help="Benchmarks: drive the system over HTTP like a crowd and measure it.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+def _bench_progress() -> tuple[object, Callable[[str, int, int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done)
+
+    return progress, update
+
+
+@bench_app.command("suite")
+def bench_suite(
+    scenarios: Annotated[
+        str, typer.Option(help="comma-separated: ceiling, accept, hot-issue, steady, drop")
+    ] = "ceiling,accept,hot-issue,steady,drop",
+    variants: Annotated[
+        str, typer.Option(help="comma-separated: generator (ceiling), legacy, report, couponrush")
+    ] = "generator,legacy,report,couponrush",
+    runs: Annotated[int, typer.Option(help="runs per variant; medians are reported")] = 3,
+    out: Annotated[Path, typer.Option(help="where results.json, summary.md and the plots go")] = Path("bench/results"),
+    api_workers: Annotated[int, typer.Option(help="API processes of the system under test")] = 2,
+    concurrency: Annotated[int, typer.Option(help="connections of the closed-loop load")] = 64,
+    accept_requests: Annotated[int, typer.Option(help="requests of the accept scenario")] = 20_000,
+    hot_requests: Annotated[int, typer.Option(help="backlog of the hot-issue scenario")] = 20_000,
+    steady_rate: Annotated[float, typer.Option(help="arrivals per second of the steady scenario")] = 1000.0,
+    steady_seconds: Annotated[float, typer.Option(help="length of the steady scenario")] = 10.0,
+    legacy_interval: Annotated[float, typer.Option(help="batch interval of the legacy design (s)")] = 60.0,
+    drop_requests: Annotated[int, typer.Option(help="requests of the big drop")] = 100_000,
+    drop_users: Annotated[int, typer.Option(help="distinct users of the big drop")] = 50_000,
+    drop_quantity: Annotated[int, typer.Option(help="coupons of the big drop")] = 1000,
+    database_url: Annotated[
+        str, typer.Option(help="a database the bench may drop and re-create")
+    ] = "postgresql://postgres@127.0.0.1:5432/couponrush_bench",
+    redis_url: Annotated[str, typer.Option(help="a Redis database the bench may flush")] = "redis://127.0.0.1:6379/7",
+) -> None:
+    """Every scenario on fresh systems (started and stopped here), variants measured in one run."""
+    from couponrush.bench.suite import SCENARIO_VARIANTS, BenchOptions, run_suite
+
+    chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIO_VARIANTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIO_VARIANTS)}")
+    progress, update = _bench_progress()
+    options = BenchOptions(
+        database_url=database_url,
+        redis_url=redis_url,
+        out_dir=out,
+        runs=runs,
+        api_workers=api_workers,
+        concurrency=concurrency,
+        accept_requests=accept_requests,
+        hot_requests=hot_requests,
+        steady_rate=steady_rate,
+        steady_seconds=steady_seconds,
+        legacy_interval_s=legacy_interval,
+        drop_requests=drop_requests,
+        drop_users=drop_users,
+        drop_quantity=drop_quantity,
+        scenarios=chosen,
+        variants=[v.strip() for v in variants.split(",") if v.strip()],
+        progress=update,
+        log=console.print,
+    )
+    with progress:  # type: ignore[attr-defined]
+        asyncio.run(run_suite(options))
+    console.print((out / "summary.md").read_text())
+    console.print(f"[green]results in {out}/ (results.json, summary.md, *.png)[/green]")
+
+
+@bench_app.command("drop")
+def bench_drop(
+    url: Annotated[str, typer.Option(help="the running API")] = "http://127.0.0.1:8000",
+    requests: Annotated[int, typer.Option("--requests", "-n", help="requests to send")] = 10_000,
+    users: Annotated[int, typer.Option("--users", "-u", help="distinct users among them")] = 5_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="connections (closed loop)")] = 64,
+    rate: Annotated[float | None, typer.Option("--rate", "-r", help="open loop: arrivals per second")] = None,
+    quantity: Annotated[int, typer.Option("--quantity", "-q", help="coupons in the drop")] = 100,
+    out: Annotated[Path, typer.Option(help="where the JSON goes")] = Path("bench/results"),
+) -> None:
+    """One drop against the system already running (e.g. `make run`); needs COUPONRUSH_ADMIN_TOKEN."""
+    import json
+
+    from couponrush.bench.suite import BenchOptions, drop_against
+
+    settings = load_settings()
+    if settings.admin_token is None:
+        console.print("[red]COUPONRUSH_ADMIN_TOKEN must be set (the drop creates its coupon)[/red]")
+        raise typer.Exit(2)
+    progress, update = _bench_progress()
+    options = BenchOptions(out_dir=out, concurrency=concurrency, progress=update, log=console.print)
+    with progress:  # type: ignore[attr-defined]
+        figures = asyncio.run(
+            drop_against(
+                options,
+                base_url=url,
+                admin_token=settings.admin_token.get_secret_value(),
+                database_url=settings.database_url,
+                requests=requests,
+                users=users,
+                quantity=quantity,
+                rate=rate,
+                reserving=settings.admission == "reserve",
+            )
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"drop-{figures['coupon_id']}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    console.print_json(json.dumps(figures))
+    console.print(f"[green]written to {path}[/green]")
+
+
+def _configure_tracing(role: str) -> None:
+    from couponrush.observability.tracing import configure_tracing
+
+    configure_tracing(role)
 
 
 def _require_kafka(settings: Settings) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import GateSnapshot, RejectReason
 from couponrush.service.clock import Clock, utcnow
-from couponrush.service.ports import CouponStore, Gate, GateState, GateVerdict, RequestLog
+from couponrush.service.ports import CouponStore, Gate, GateState, GateVerdict, NotRecorded, RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,15 @@ class Admission:
     requests: RequestLog
     # Called when a reserving gate has no state for an existing coupon (Redis lost it): rebuild it.
     schedule_rebuild: Callable[[int], None] = lambda _coupon_id: None
-    # A bound on recording, so a rebuild's grace period outlasts every admission in flight.
+    # A bound on asking whether a failed recording happened anyway.
     record_timeout_s: float = 2.0
     clock: Clock = field(default=utcnow)
+    # Where request ids come from; the API passes the HTTP request's id, so logs and the answer agree.
+    new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex
 
     async def request(self, user_id: int, coupon_id: int) -> PublishRequested:
         now = self.clock()
-        request_id = uuid.uuid4().hex
+        request_id = self.new_request_id()
         try:
             verdict = await self.gate.admit(coupon_id, user_id, request_id, now)
             if verdict.state is GateState.MISSING:
@@ -70,8 +72,11 @@ class Admission:
 
         event = PublishRequested(request_id=request_id, user_id=user_id, coupon_id=coupon_id, requested_at=now)
         try:
-            async with asyncio.timeout(self.record_timeout_s):
-                await self.requests.record_accepted(event)
+            await self.requests.record_accepted(event)  # bounded by the request log itself
+        except NotRecorded as exc:
+            log.warning("could not record request %s (%s); giving its reservation back", request_id, exc)
+            await self._give_back(coupon_id, user_id, request_id)
+            raise Unavailable("the request could not be recorded; nothing was accepted, try again") from exc
         except Exception as exc:
             # The failure may have struck after the commit (a timeout or a dropped connection during
             # COMMIT): ask the database before giving the unit back, or two users could hold one unit.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from couponrush.domain.events import PublishRequested
@@ -21,25 +22,54 @@ class IssuingService:
     clock: Clock = field(default=utcnow)
 
     async def handle(self, event: PublishRequested) -> IssueOutcome:
+        """Issue or refuse one request in its own transaction (the report's way)."""
         outcome = await self.issuer.issue(event, self.clock())
+        await self._after_commit([event], [outcome])
+        return outcome
+
+    async def handle_batch(self, events: Sequence[PublishRequested]) -> list[IssueOutcome]:
+        """Issue or refuse every request in one transaction, in order; the same rules per request."""
+        outcomes = await self.issuer.issue_batch(events, self.clock())
+        await self._after_commit(events, outcomes)
+        return outcomes
+
+    async def _after_commit(self, events: Sequence[PublishRequested], outcomes: Sequence[IssueOutcome]) -> None:
         # The transaction has committed. Only now may the gate learn anything from it.
-        if outcome.status is RequestStatus.REJECTED and outcome.reason is not RejectReason.ALREADY_ISSUED:
-            # The unit reserved for this request goes back (also on a redelivery: release names the
-            # request, so repeating it is harmless). A user refused as ALREADY_ISSUED keeps the unit
-            # their issued coupon holds.
-            await self._release(event)
-        coupon = outcome.coupon
-        if coupon is not None:
+        refused = [
+            event
+            for event, outcome in zip(events, outcomes, strict=True)
+            if outcome.status is RequestStatus.REJECTED and outcome.reason is not RejectReason.ALREADY_ISSUED
+        ]
+        # The unit reserved for a refused request goes back (also on a redelivery: release names the
+        # request, so repeating it is harmless). A user refused as ALREADY_ISSUED keeps the unit
+        # their issued coupon holds.
+        if refused:
+            await asyncio.gather(*(self._release(event) for event in refused))
+        closing: dict[int, RejectReason] = {}
+        for outcome in outcomes:
+            coupon = outcome.coupon
+            if coupon is None:
+                continue
             reason = coupon.closed_reason(self.clock())
             # Only what the worker's own transaction decides: stock and expiry. Opening and closing
             # belong to administrators; a close read from this snapshot could undo a reopen since.
             if reason in (RejectReason.SOLD_OUT, RejectReason.EXPIRED):
-                await self._close_gate(coupon.id, reason)
-        if outcome.status is RequestStatus.ISSUED:
-            log.debug("issued coupon %s to user %s", outcome.coupon_id, outcome.user_id)
-        elif not outcome.replayed:
-            log.info("refused coupon %s to user %s: %s", outcome.coupon_id, outcome.user_id, outcome.reason)
-        return outcome
+                closing[coupon.id] = reason
+        for coupon_id, reason in closing.items():
+            await self._close_gate(coupon_id, reason)
+        for outcome in outcomes:
+            # Each line names its request (a batch decides many), for logs that follow one request.
+            request = {"request_id": outcome.request_id}
+            if outcome.status is RequestStatus.ISSUED:
+                log.debug("issued coupon %s to user %s", outcome.coupon_id, outcome.user_id, extra=request)
+            elif not outcome.replayed:
+                log.info(
+                    "refused coupon %s to user %s: %s",
+                    outcome.coupon_id,
+                    outcome.user_id,
+                    outcome.reason,
+                    extra=request,
+                )
 
     async def _release(self, event: PublishRequested) -> None:
         try:

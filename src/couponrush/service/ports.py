@@ -134,9 +134,17 @@ class CouponStore(Protocol):
     async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None: ...
 
 
+class NotRecorded(Exception):
+    """Recording an accepted request failed, and it is certain that nothing was recorded."""
+
+
 class RequestLog(Protocol):
     async def record_accepted(self, event: PublishRequested) -> None:
-        """Durably record an accepted request and its outbox event, atomically."""
+        """Durably record an accepted request and its outbox event, atomically, within a bounded time.
+
+        Raises ``NotRecorded`` when certainly nothing was recorded; any other exception leaves it
+        unknown (e.g. the connection died during COMMIT), and the caller must ask ``exists``.
+        """
         ...
 
     async def exists(self, request_id: str) -> bool: ...
@@ -145,6 +153,12 @@ class RequestLog(Protocol):
 class Issuer(Protocol):
     async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
         """Decide and record one request in one transaction. Idempotent per request id."""
+        ...
+
+    async def issue_batch(self, events: Sequence[PublishRequested], now: datetime) -> list[IssueOutcome]:
+        """Decide and record every event in one transaction, in order: the outcome of issuing them singly
+        in that order, one outcome per event (a repeated request id is a replay). Idempotent per request id.
+        """
         ...
 
 
@@ -194,3 +208,32 @@ class DeadLetterLedger(Protocol):
     async def revive(self, request_id: str) -> bool:
         """Clear the mark before a replay; True if the request is pending and was dead-lettered."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    backlog: int
+    oldest_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CouponProgress:
+    """Where one coupon's drop stands, from the database."""
+
+    coupon_id: int
+    quantity: int
+    issued: int
+    pending: int  # accepted, not yet decided
+    unsent: int = 0  # of those, still in the outbox (not yet on Kafka)
+
+
+class OperationsReader(Protocol):
+    """What operators read: metrics at scrape time, ``couponrush coupons list`` and ``couponrush stats``."""
+
+    async def outbox_state(self) -> OutboxState: ...
+
+    async def open_coupon_progress(self, limit: int) -> list[CouponProgress]: ...
+
+    async def coupon_progress(self, coupon_id: int) -> CouponProgress | None: ...
+
+    async def list_coupons(self, limit: int) -> list[Coupon]: ...

@@ -1,8 +1,12 @@
-"""The issuing worker: consume requests, issue each in its own transaction, then commit the offsets.
+"""The issuing worker: consume requests, issue them, then commit the offsets.
 
 Commit policy, in one place: an offset is committed only after every record before it in the
 batch was either issued/refused in a committed transaction or parked on the dead-letter topic.
 A crash anywhere before the commit means redelivery, which the idempotent issuer absorbs.
+
+Two modes. ``batch`` (default): every well-formed record of a poll is issued in one transaction,
+in partition order, then the offsets are committed once. ``single``: the report's way, one record,
+one transaction, one offset commit (kept to measure against).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -31,17 +36,66 @@ class Worker:
     poll_timeout_s: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
+    mode: Literal["batch", "single"] = "batch"
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             records = await self.source.next_batch(self.batch_size, self.poll_timeout_s)
             if not records:
                 continue
-            done: list[InboundRecord] = []
-            for record in records:
-                if not await self._process(record, stop):
-                    break  # asked to stop while the database was away: hand the rest back
-                done.append(record)
-            await self.source.commit(done)
+            if self.mode == "single":
+                for record in records:
+                    if not await self._process(record, stop):
+                        break  # asked to stop while the database was away: hand the rest back
+                    await self.source.commit([record])
+                continue
+            await self.source.commit(await self._settle_batch(records, stop))
+
+    async def _settle_batch(self, records: list[InboundRecord], stop: asyncio.Event) -> list[InboundRecord]:
+        """Settle a poll's records; returns those settled, always a prefix of ``records``."""
+        events: list[PublishRequested] = []
+        first_event_at: int | None = None
+        parked: set[int] = set()
+        for index, record in enumerate(records):
+            try:
+                if record.value is None:
+                    raise ValueError("record has no value")
+                events.append(PublishRequested.from_json(record.value))
+                if first_event_at is None:
+                    first_event_at = index
+            except (ValidationError, ValueError) as exc:
+                if not await self._park(record, "MALFORMED", str(exc), stop):
+                    return records[: index if first_event_at is None else first_event_at]
+                parked.add(index)
+        if not events:
+            return records
+        outages = 0
+        while True:
+            try:
+                await self.issuing.handle_batch(events)
+                return records
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, UnprocessableEvent) or not self.retry.is_infrastructure(exc):
+                    # Something in the batch can't be processed (not the infrastructure being away):
+                    # settle the records one by one, so only the culprit is retried a bounded number
+                    # of times and parked.
+                    log.warning("a batch of %d failed (%s); settling it record by record", len(events), exc)
+                    done: list[InboundRecord] = []
+                    for index, record in enumerate(records):
+                        if index not in parked and not await self._process(record, stop):
+                            break
+                        done.append(record)
+                    return done
+                # The database (or something under it) is away: nothing was committed for this batch,
+                # so retry it rather than skip it. Order within each partition is kept.
+                outages += 1
+                delay = self.retry.backoff(outages)
+                log.warning("issuing a batch of %d failed (%s); retrying in %.1fs", len(events), exc, delay)
+                if await sleep_unless(stop, delay):
+                    assert first_event_at is not None
+                    return records[:first_event_at]
 
     async def _park(
         self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, attempts: int = 1

@@ -18,7 +18,9 @@ from couponrush.config import Settings
 from couponrush.domain.model import RejectReason
 from couponrush.entrypoints.api import envelope
 from couponrush.entrypoints.api.deps import AdminRequired, NoRequest, UserRequired
-from couponrush.entrypoints.api.routes import coupons, health, users
+from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
+from couponrush.entrypoints.api.routes import coupons, health, metrics, users
+from couponrush.observability import metrics as counters
 from couponrush.service.admission import Refused, Unavailable
 from couponrush.service.clock import utcnow
 
@@ -48,7 +50,9 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path.endswith("/coupons/publish"):
+            counters.PUBLISH_REQUESTS.labels("invalid", "INVALID_REQUEST").inc()
         errors = [
             {
                 "loc": [str(p) for p in e.get("loc", ())],
@@ -108,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         async with open_services(settings) as services:
             app.state.services = services
             app.state.admission = services.admission()
+            app.state.probes = services.probes()
             # Redis keeps nothing on disk: restore the gate of every open coupon it has lost.
             restoring = asyncio.create_task(_restore_missing_gates(services))
             yield
@@ -122,7 +127,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     _install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware)
     app.include_router(coupons.router)
     app.include_router(users.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

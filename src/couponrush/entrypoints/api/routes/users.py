@@ -14,6 +14,8 @@ from couponrush.entrypoints.api.deps import (
 )
 from couponrush.entrypoints.api.envelope import Envelope, error_responses, ok
 from couponrush.entrypoints.api.schemas import PublishAccepted, PublishRequest, RequestStatusView, UserCouponView
+from couponrush.observability.metrics import PUBLISH_REQUESTS
+from couponrush.service.admission import Refused, Unavailable
 
 router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], dependencies=[Depends(require_same_user)])
 
@@ -31,7 +33,15 @@ router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], depe
     responses=error_responses(400, 404, 409, 503),
 )
 async def request_coupon(user_id: UserId, body: PublishRequest, admission: AdmissionDep) -> Envelope[PublishAccepted]:
-    event = await admission.request(user_id, body.coupon_id)
+    try:
+        event = await admission.request(user_id, body.coupon_id)
+    except Refused as refused:
+        PUBLISH_REQUESTS.labels("refused", refused.reason.value).inc()
+        raise
+    except Unavailable:
+        PUBLISH_REQUESTS.labels("unavailable", "UNAVAILABLE").inc()
+        raise
+    PUBLISH_REQUESTS.labels("accepted", "OK").inc()
     return ok(
         PublishAccepted(
             request_id=event.request_id,

@@ -1,0 +1,80 @@
+"""The benchmark's outputs: a Markdown summary of medians and PNG plots of representative runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from couponrush.bench.suite import HEADLINES
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [
+        "# couponrush benchmark results",
+        "",
+        f"- when: {env['when']}; machine: {env['platform']}, {env['cpus']} CPUs; Python {env['python']}",
+        f"- {env['postgres']}; {env['redis']}; broker: {env['broker']}",
+        f"- command: `{env['command']}`",
+        f"- options: `{report['options']}`",
+        "",
+        "Medians over the runs of each variant (the legacy design runs once: its batch interval dominates).",
+        "",
+    ]
+    for scenario, variants in report["scenarios"].items():
+        labels = [label for label, _ in HEADLINES[scenario]]
+        lines += [f"## {scenario}", "", "| variant | runs | " + " | ".join(labels) + " |"]
+        lines.append("|---|---|" + "---|" * len(labels))
+        for variant, data in variants.items():
+            medians = data["medians"]
+            cells = [f"{medians[label]:g}" if label in medians else "-" for label in labels]
+            lines.append(f"| {variant} | {len(data['runs'])} | " + " | ".join(cells) + " |")
+        checks = [
+            f"{variant} run {n}: {run['invariants']}"
+            for variant, data in variants.items()
+            for n, run in enumerate(data["runs"], 1)
+            if "invariants" in run
+        ]
+        if checks:
+            lines += ["", "Invariants:", ""] + [f"- {c}" for c in checks]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot_scenarios(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """One PNG per scenario with series: latency over time and issued over time, per variant (median run)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are optional; the figures are in the JSON
+        return []
+    written: list[Path] = []
+    for scenario, variants in report["scenarios"].items():
+        with_series = {v: d for v, d in variants.items() if any("_series" in r for r in d["runs"])}
+        if not with_series:
+            continue
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+        for variant, data in with_series.items():
+            runs = [r for r in data["runs"] if "_series" in r]
+            run = sorted(runs, key=lambda r: r["http"]["latency_ms"]["p99"])[len(runs) // 2]
+            series = run["_series"]
+            top.scatter(series["t"], series["latency_ms"], s=2, alpha=0.4, label=variant)
+            issued_t = series["issued_t"]
+            total = run["invariants"]["issued"]
+            step = total / max(len(issued_t), 1)
+            bottom.plot(issued_t, [step * (n + 1) for n in range(len(issued_t))], label=variant)
+        top.set_ylabel("HTTP latency (ms)")
+        top.set_yscale("log")
+        top.legend(loc="upper right")
+        bottom.set_ylabel("issued (cumulative)")
+        bottom.set_xlabel("seconds since the first request")
+        bottom.legend(loc="lower right")
+        fig.suptitle(f"couponrush bench: {scenario} (median run per variant)")
+        fig.tight_layout()
+        path = out_dir / f"{scenario}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

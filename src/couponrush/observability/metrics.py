@@ -1,0 +1,160 @@
+"""Every Prometheus metric couponrush exposes, in one place (names are a contract: see README).
+
+Several API worker processes (``couponrush api --workers N``) are summed with prometheus_client's
+multiprocess mode: ``couponrush api`` creates a fresh ``PROMETHEUS_MULTIPROC_DIR`` for the run before
+any worker imports this module, and removes it when the API stops. Relay and worker are single
+processes and use the default registry (or the multiprocess directory too, if one is set).
+
+Values that live in the database (outbox backlog, per-coupon stock) are not counted here: they are
+read at scrape time (``database_families``), so every process reports the same truth.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from couponrush.service.ports import CouponProgress, OutboxState
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_PIPELINE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# --- API ---------------------------------------------------------------------------------------
+PUBLISH_REQUESTS = Counter(
+    "couponrush_publish_requests_total",
+    "Answers to POST /api/v1/users/{userId}/coupons/publish, by outcome "
+    "(accepted, refused, unavailable, invalid) and reason (OK, SOLD_OUT, ALREADY_REQUESTED, ...)",
+    ["outcome", "reason"],
+)
+GATE_ADMIT_SECONDS = Histogram(
+    "couponrush_gate_admit_seconds",
+    "Time of one admission check at the Redis gate, by the gate's verdict",
+    ["verdict"],
+    buckets=_FAST,
+)
+HTTP_REQUESTS = Counter(
+    "couponrush_http_requests_total",
+    "HTTP requests answered, by route template and status",
+    ["method", "route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "couponrush_http_request_duration_seconds", "HTTP request duration", ["method", "route"], buckets=_FAST
+)
+
+# --- relay -------------------------------------------------------------------------------------
+RELAY_SENT = Counter("couponrush_relay_sent_total", "Outbox rows sent and acknowledged by the broker", ["topic"])
+RELAY_FAILED = Counter(
+    "couponrush_relay_send_failures_total", "Outbox rows the broker did not acknowledge (retried)", ["topic"]
+)
+RELAY_SEND_SECONDS = Histogram(
+    "couponrush_relay_send_seconds", "Time to send one relay batch and await every acknowledgement", buckets=_PIPELINE
+)
+
+# --- worker ------------------------------------------------------------------------------------
+ISSUE_BATCH_SIZE = Histogram(
+    "couponrush_issue_batch_size",
+    "Records in one consumed batch",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+ISSUE_BATCH_SECONDS = Histogram(
+    "couponrush_issue_batch_seconds", "Time from receiving a batch to committing its offsets", buckets=_PIPELINE
+)
+TIME_TO_ISSUE_SECONDS = Histogram(
+    "couponrush_time_to_issue_seconds",
+    "From the request being accepted by the API to its issue being committed in PostgreSQL",
+    buckets=_PIPELINE,
+)
+ISSUE_DECISIONS = Counter(
+    "couponrush_issue_decisions_total",
+    "Requests decided by the worker (first decision only, not replays), by status and reason",
+    ["status", "reason"],
+)
+CONSUMER_LAG = Gauge(
+    "couponrush_consumer_lag",
+    "Records not yet committed by this worker, per assigned partition (fetch-reported high watermark)",
+    ["topic", "partition"],
+    multiprocess_mode="livemax",
+)
+DEAD_LETTERS = Counter("couponrush_dead_letters_total", "Records parked on a dead-letter topic", ["reason"])
+
+# --- reconciliation (incremented by the reconciler) ---------------------------------------------
+RECONCILE_REPAIRS = Counter(
+    "couponrush_reconcile_repairs_total",
+    "Inconsistencies the reconciler found and repaired, by kind of repair",
+    ["kind"],
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class _Families(Collector):
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families)
+
+
+class _Delegate(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
+def render(extra: Sequence[Metric] = ()) -> bytes:
+    """The exposition text: this process's (or every API worker's) metrics, plus ``extra`` families."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir():
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Delegate(REGISTRY))
+    if extra:
+        registry.register(_Families(extra))
+    return generate_latest(registry)
+
+
+def database_families(outbox: OutboxState, coupons: Sequence[CouponProgress]) -> list[Metric]:
+    """Gauges read from PostgreSQL at scrape time."""
+    backlog = GaugeMetricFamily("couponrush_outbox_backlog", "Outbox rows not yet acknowledged by the broker")
+    backlog.add_metric([], outbox.backlog)
+    age = GaugeMetricFamily(
+        "couponrush_outbox_oldest_age_seconds", "Age of the oldest outbox row not yet sent (0 when none)"
+    )
+    age.add_metric([], outbox.oldest_age_s)
+    remaining = GaugeMetricFamily(
+        "couponrush_coupon_remaining", "Units not yet issued (quantity - issued), per open coupon", labels=["coupon_id"]
+    )
+    pending = GaugeMetricFamily(
+        "couponrush_coupon_pending", "Accepted requests not yet decided, per open coupon", labels=["coupon_id"]
+    )
+    for coupon in coupons:
+        remaining.add_metric([str(coupon.coupon_id)], coupon.quantity - coupon.issued)
+        pending.add_metric([str(coupon.coupon_id)], coupon.pending)
+    return [backlog, age, remaining, pending]
+
+
+def set_consumer_lag(lag: dict[tuple[str, int], int]) -> None:
+    """Replace the lag series with ``lag`` (partitions no longer assigned disappear)."""
+    CONSUMER_LAG.clear()
+    for (topic, partition), value in lag.items():
+        CONSUMER_LAG.labels(topic, str(partition)).set(value)
