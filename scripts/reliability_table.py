@@ -26,7 +26,7 @@ for scenario, results in sorted(runs.items()):
     last = results[-1]
     recovery = ", ".join(f"{r['recovery_s']} s" for r in results)
     settled = ", ".join(f"{r.get('settled_s', '?')} s" for r in results)
-    admitting = ", ".join(f"{r.get('admitting_again_s', '?')} s" for r in results)
+    admitting = ", ".join(f"{r['admitting_again_s']} s" for r in results if r.get("admitting_again_s") is not None)
     ok_issued = ", ".join(f"{r['told_ok']}/{r['issued']}" for r in results)
     print(
         f"| {scenario} | {len(results)} | {last['requests']} / {last['users']} / {last['quantity']} "

@@ -7,6 +7,7 @@ checkout, from which RELIABILITY.md is filled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -162,16 +163,18 @@ async def check_invariants(
     assert faults.first_at is not None
     conn = await system.db()
     try:
-        # Recovered = every accepted request decided (issued or refused) again.
-        await eventually(
-            lambda: conn.fetchval(
-                "SELECT count(*) FROM coupon_requests WHERE coupon_id = $1 AND status = 'PENDING'", coupon_id
-            ),
-            lambda pending: pending == 0,
-            timeout=settle_timeout_s,
-            interval=0.2,
-            what="every accepted request decided after the fault",
-        )
+        # Recovered = every accepted request decided (issued or refused) again. A run that never gets
+        # there is still recorded (its "nothing accepted lost" fails), then the test fails.
+        with contextlib.suppress(AssertionError):
+            await eventually(
+                lambda: conn.fetchval(
+                    "SELECT count(*) FROM coupon_requests WHERE coupon_id = $1 AND status = 'PENDING'", coupon_id
+                ),
+                lambda pending: pending == 0,
+                timeout=settle_timeout_s,
+                interval=0.2,
+                what="every accepted request decided after the fault",
+            )
         settled_s = time.monotonic() - faults.first_at
         last_decided = await conn.fetchval(
             "SELECT extract(epoch FROM max(decided_at)) FROM coupon_requests"
