@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint typecheck unit integration e2e
+.PHONY: run test install services lint typecheck unit integration e2e chaos
 
 run: install services  ## install everything and run the whole system (API on :8000)
 	$(BIN)/couponrush dev
@@ -31,3 +31,6 @@ integration: services
 
 e2e: services
 	$(BIN)/pytest -m e2e
+
+chaos: install services  ## the whole fault-injection suite (tests/chaos, ~10 min); RELIABILITY.md
+	$(BIN)/pytest -m chaos -p no:cacheprovider --timeout 600 -v

@@ -15,23 +15,33 @@ from redis.asyncio import Redis
 
 from couponrush.adapters.coupons import PostgresCoupons, PostgresGateSnapshots
 from couponrush.adapters.db import create_pool
+from couponrush.adapters.failures import is_infrastructure_failure
 from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
+from couponrush.adapters.reconcile import PostgresLedger, RedisGateInspector
 from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
 from couponrush.adapters.topic_versions import KafkaTopicAdmin, PostgresTopicVersions
 from couponrush.config import Settings, dlq_topic
 from couponrush.observability.context import request_id_or_new
 from couponrush.observability.health import Probe
-from couponrush.observability.instrument import MeteredDeadLetters, ObservedIssuing, ObservedSource, TimedGate
+from couponrush.observability.instrument import (
+    MeteredDeadLetters,
+    MeteredRepairs,
+    ObservedIssuing,
+    ObservedSource,
+    TimedGate,
+)
 from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
+from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import Gate, RecordSource, RequestLog
+from couponrush.service.reconcile import Reconciler, RepairCounter
 from couponrush.service.topic_versions import TopicRouter, VersionedSource
 from couponrush.service.worker import Worker
 
@@ -79,6 +89,17 @@ class Services:
 
     def outbox(self) -> PostgresOutbox:
         return PostgresOutbox(self.pool)
+
+    def reconciler(self, counter: RepairCounter | None = None) -> Reconciler:
+        return Reconciler(
+            snapshots=self.snapshots,
+            inspector=RedisGateInspector(self.redis),
+            ledger=PostgresLedger(self.pool, self.settings.publish_requested_topic),
+            rebuilder=self.rebuilder,
+            counter=counter or MeteredRepairs(),
+            confirm_after_s=self.settings.rebuild_grace_s,
+            stuck_after_s=self.settings.redrive_after_s,
+        )
 
     def operations(self) -> PostgresOperations:
         return PostgresOperations(self.pool, self.settings.publish_requested_topic)
@@ -160,6 +181,14 @@ def worker_dead_letter_sink(settings: Settings) -> KafkaSink:
     )
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.worker_max_attempts,
+        base_backoff_s=settings.worker_retry_backoff_s,
+        is_infrastructure=is_infrastructure_failure,
+    )
+
+
 def build_worker(services: Services, source: RecordSource, dlq_sink: KafkaSink) -> Worker:
     observed = ObservedSource(source)
     return Worker(
@@ -169,9 +198,12 @@ def build_worker(services: Services, source: RecordSource, dlq_sink: KafkaSink) 
             gate=services.gate,
             records=observed,
         ),
-        dead_letters=MeteredDeadLetters(KafkaDeadLetters(dlq_sink)),
+        dead_letters=ReleasingDeadLetters(
+            inner=MeteredDeadLetters(KafkaDeadLetters(dlq_sink)), gate=services.gate, ledger=services.request_log()
+        ),
         batch_size=services.settings.worker_batch_size,
         mode=services.settings.worker_mode,
+        retry=retry_policy(services.settings),
     )
 
 

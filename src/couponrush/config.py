@@ -8,6 +8,7 @@ Secrets (the admin token) have no default: they come from the environment only.
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,16 @@ CONSUMER_GROUP = "coupon"
 def dlq_topic(topic: str) -> str:
     """The dead-letter topic that parks what could not be processed from ``topic``."""
     return f"{topic}.dlq"
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Settings(BaseSettings):
@@ -76,6 +87,17 @@ class Settings(BaseSettings):
     # A request still pending this long after it was accepted is published again (see service/redrive.py).
     redrive_after_s: float = Field(default=30.0, gt=0)
 
+    # A record whose processing fails (not the infrastructure being away: that is retried forever)
+    # is tried this many times, backing off from WORKER_RETRY_BACKOFF_S, then dead-lettered.
+    worker_max_attempts: int = Field(default=5, ge=1, le=100)
+    worker_retry_backoff_s: float = Field(default=0.1, gt=0)
+    # How often the worker compares the Redis gates with the database and repairs them (0: never).
+    reconcile_interval_s: float = Field(default=60.0, ge=0)
+
+    # Opt-in user identity: when set, /api/v1/users/{userId}/... require a bearer token signed with
+    # this secret for that same user id (see docs/OPERATIONS.md, "User identity").
+    user_token_secret: SecretStr | None = None
+
     log_level: str = "INFO"
     # "auto": JSON lines when stdout is not a terminal, text when it is.
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -84,7 +106,7 @@ class Settings(BaseSettings):
     relay_metrics_port: int = Field(default=9101, ge=0, le=65535)
     worker_metrics_port: int = Field(default=9102, ge=0, le=65535)
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "user_token_secret", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value

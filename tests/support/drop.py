@@ -35,17 +35,19 @@ async def run_drop(
     concurrency: int,
     midway: Callable[[], Coroutine[Any, Any, None]] | None = None,
     retry_unavailable_for_s: float = 30.0,
+    midway_after: int | None = None,
 ) -> list[Answer]:
     """Send one request per entry of ``users``, spread over ``base_urls``; return every final answer.
 
     A 503 is retried after a short pause (as a client honouring Retry-After would), for at most
-    ``retry_unavailable_for_s``. ``midway`` runs once, when half of the answers are in.
+    ``retry_unavailable_for_s``; so is a request that got no answer at all (a connection closed under
+    it), as a client would. ``midway`` runs once, when ``midway_after`` answers (default: half) are in.
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     clients = [httpx.AsyncClient(base_url=url, timeout=30, limits=limits) for url in base_urls]
     gate = asyncio.Semaphore(concurrency)
     answers: list[Answer] = []
-    half = len(users) // 2
+    half = len(users) // 2 if midway_after is None else midway_after
     midway_task: asyncio.Task[None] | None = None
 
     async def one(n: int, user_id: int) -> None:
@@ -56,7 +58,15 @@ async def run_drop(
             # The client's patience starts with its first attempt, not while it queues for a connection.
             give_up = loop.time() + retry_unavailable_for_s
             while True:
-                response = await client.post(f"/api/v1/users/{user_id}/coupons/publish", json={"couponId": coupon_id})
+                try:
+                    response = await client.post(
+                        f"/api/v1/users/{user_id}/coupons/publish", json={"couponId": coupon_id}
+                    )
+                except httpx.TransportError:
+                    if loop.time() > give_up:
+                        raise
+                    await asyncio.sleep(0.2)
+                    continue
                 if response.status_code != 503 or loop.time() > give_up:
                     break
                 await asyncio.sleep(0.2)  # the client's back-off, not the test waiting on the system

@@ -234,9 +234,33 @@ class FakeSource:
 @dataclass
 class FakeDeadLetters:
     parked: list[tuple[InboundRecord, str, str]] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
 
-    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
+    async def park(
+        self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, *, attempts: int = 1
+    ) -> bool:
         self.parked.append((record, reason, error))
+        self.attempts.append(attempts)
+        return True
+
+
+@dataclass
+class FakeLedger:
+    """Which pending requests are dead-lettered (the coupon_requests.dead_lettered_at column)."""
+
+    pending: set[str] = field(default_factory=set)
+    dead: set[str] = field(default_factory=set)
+
+    async def mark_dead_lettered(self, request_id: str, error: str) -> bool:
+        if request_id not in self.pending:
+            return False
+        self.dead.add(request_id)
+        return True
+
+    async def revive(self, request_id: str) -> bool:
+        if request_id not in self.dead:
+            return False
+        self.dead.discard(request_id)
         return True
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-_FOLDER_MARKS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+_FOLDER_MARKS = {
+    "unit": pytest.mark.unit,
+    "integration": pytest.mark.integration,
+    "e2e": pytest.mark.e2e,
+    "chaos": pytest.mark.chaos,
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

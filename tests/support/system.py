@@ -83,7 +83,7 @@ class RunningSystem:
             stderr=subprocess.STDOUT,
         )
 
-    async def wait_worker_assigned(self, times: int = 1) -> None:
+    async def wait_worker_assigned(self, times: int = 1, *, name: str = "worker") -> None:
         """Wait until the worker got partitions ``times`` times (its log is appended across restarts).
 
         Stopping a worker before it joined its group stalls Tansu's group for minutes (docs/OPERATIONS.md),
@@ -91,12 +91,12 @@ class RunningSystem:
         """
 
         async def assignments() -> int:
-            return self.worker_assignments()
+            return self.worker_assignments(name)
 
-        await eventually(assignments, lambda n: n >= times, timeout=30, what=f"worker assigned {times} time(s)")
+        await eventually(assignments, lambda n: n >= times, timeout=30, what=f"{name} assigned {times} time(s)")
 
-    def worker_assignments(self) -> int:
-        return self.log_of("worker").count("assigned partitions")
+    def worker_assignments(self, name: str = "worker") -> int:
+        return self.log_of(name).count("assigned partitions")
 
     async def start_second_api(self) -> str:
         """Another API process on its own port, sharing everything else; returns its base URL."""
@@ -147,7 +147,13 @@ async def _wait_ready(base_url: str) -> None:
 
 
 async def start_system(
-    name: str, log_dir: Path, *, db_name: str, redis_db: int, extra_env: dict[str, str] | None = None
+    name: str,
+    log_dir: Path,
+    *,
+    db_name: str,
+    redis_db: int,
+    extra_env: dict[str, str] | None = None,
+    redis_base: str | None = None,
 ) -> RunningSystem:
     db_name = TEST_DB_PREFIX + db_name
     admin = await asyncpg.connect(f"{TEST_PG_BASE}/postgres")
@@ -155,7 +161,7 @@ async def start_system(
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     finally:
         await admin.close()
-    redis_url = f"{TEST_REDIS_BASE}/{redis_db}"
+    redis_url = f"{redis_base or TEST_REDIS_BASE}/{redis_db}"
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
     await redis.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -140,10 +141,29 @@ async def test_a_request_committed_before_its_error_stands_and_keeps_its_unit() 
 
 async def test_when_it_cannot_be_told_whether_a_request_was_recorded_its_unit_is_kept() -> None:
     admission, gate, log, _ = await make(quantity=1)
+    admission = dataclasses.replace(admission, record_timeout_s=0.05)
     log.fail, log.unreachable = True, True
     with pytest.raises(Unavailable):
         await admission.request(7, 1)
     assert gate.stock[1] == 0  # never sold twice; a rebuild from the database settles it
+
+
+async def test_a_database_back_within_the_bound_tells_the_request_was_not_recorded_and_the_unit_goes_back() -> None:
+    admission, gate, log, _ = await make(quantity=1)
+    log.fail = True
+    answers = iter([ConnectionError("restarting"), ConnectionError("restarting"), None])
+    original = log.exists
+
+    async def restarting(request_id: str) -> bool:
+        failure = next(answers)
+        if failure is not None:
+            raise failure
+        return await original(request_id)
+
+    log.exists = restarting  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await admission.request(7, 1)
+    assert gate.stock[1] == 1  # the unit is not lost to the drop
 
 
 async def test_a_gate_that_fails_after_reserving_gives_the_unit_back_and_answers_unavailable() -> None:

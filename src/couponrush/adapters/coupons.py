@@ -87,7 +87,8 @@ class PostgresGateSnapshots:
             rows = await conn.fetch(
                 "SELECT user_id, request_id FROM ("
                 "  SELECT DISTINCT ON (user_id) user_id, request_id FROM coupon_requests"
-                "  WHERE coupon_id = $1 AND status = 'PENDING' ORDER BY user_id, requested_at DESC"
+                "  WHERE coupon_id = $1 AND status = 'PENDING' AND dead_lettered_at IS NULL"
+                "  ORDER BY user_id, requested_at DESC"
                 ") pending WHERE NOT EXISTS ("
                 "  SELECT 1 FROM user_coupons uc WHERE uc.coupon_id = $1 AND uc.user_id = pending.user_id)"
                 " UNION ALL SELECT user_id, request_id FROM user_coupons WHERE coupon_id = $1",

@@ -309,15 +309,35 @@ class KafkaSource:
     replication: int = 1
     _consumer: Consumer | None = None
     _stale: bool = False
+    _assigned_none: bool = False
 
     async def start(self) -> None:
         await asyncio.to_thread(
             ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
         )
         consumer = Consumer(self.config)
-        consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
+        consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=_log_revocation)
         self._consumer = consumer
         self._stale = False
+        self._assigned_none = False
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        _log_assignment(consumer, partitions)
+        # Nothing assigned: fine with more members than partitions, but it is also what a member gets
+        # when it rejoined a restarted broker before the topic was re-created; librdkafka then never
+        # rebalances onto the topic once it exists. next_batch tells the two apart.
+        self._assigned_none = not partitions
+
+    async def _topics_missing(self) -> bool:
+        """Re-create any missing subscribed topic (with our partition counts); True if one was missing.
+
+        (The admin client lists topics without a metadata request per topic, which Tansu would
+        answer by auto-creating the topic with its own partition count.)
+        """
+        created = await asyncio.to_thread(
+            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
+        )
+        return bool(created)
 
     async def subscribe(self, topics: Mapping[str, int]) -> None:
         """Consume exactly ``topics`` from now on (a topic version switch); starts the consumer if needed."""
@@ -348,6 +368,15 @@ class KafkaSource:
                 await asyncio.sleep(timeout)
                 return []
         assert self._consumer is not None, "start() first"
+        if self._assigned_none:
+            self._assigned_none = False
+            try:
+                if await self._topics_missing():
+                    log.warning("assigned nothing while a subscribed topic is missing; re-creating it and rejoining")
+                    self._stale = True
+                    return []
+            except Exception as exc:  # the broker is away again: check on the next assignment
+                log.warning("could not check the subscribed topics: %s", exc)
         messages = await asyncio.to_thread(_take, self._consumer, max_records, timeout)
         records: list[InboundRecord] = []
         for message in messages:
@@ -402,7 +431,9 @@ class KafkaDeadLetters:
 
     sink: KafkaSink
 
-    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
+    async def park(
+        self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, *, attempts: int = 1
+    ) -> bool:
         headers = {k: v.decode("utf-8", "replace") for k, v in record.headers.items()}
         headers.update(
             {
@@ -411,6 +442,7 @@ class KafkaDeadLetters:
                 "dlq-original-topic": record.topic,
                 "dlq-original-partition": str(record.partition),
                 "dlq-original-offset": str(record.offset),
+                "dlq-attempts": str(attempts),
             }
         )
         message = OutboundMessage(

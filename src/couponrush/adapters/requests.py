@@ -90,7 +90,8 @@ class PostgresRequestLog:
             rows = await conn.fetch(
                 "WITH stuck AS ("
                 "  SELECT request_id FROM coupon_requests r"
-                "  WHERE status = 'PENDING' AND requested_at < now() - make_interval(secs => $1)"
+                "  WHERE status = 'PENDING' AND dead_lettered_at IS NULL"
+                "    AND requested_at < now() - make_interval(secs => $1)"
                 "    AND (redriven_at IS NULL OR redriven_at < now() - make_interval(secs => $1))"
                 "    AND NOT EXISTS (SELECT 1 FROM outbox o"
                 "                    WHERE o.sent_at IS NULL AND o.headers->>'request-id' = r.request_id)"
@@ -112,6 +113,23 @@ class PostgresRequestLog:
                 headers = {**message.headers, "redrive": str(row["redrives"])}
                 await outbox.enqueue(conn, OutboundMessage(message.topic, message.key, message.payload, headers))
         return len(rows)
+
+    async def mark_dead_lettered(self, request_id: str, error: str) -> bool:
+        marked = await self.pool.fetchval(
+            "UPDATE coupon_requests SET dead_lettered_at = now(), dead_letter_error = $2"
+            " WHERE request_id = $1 AND status = 'PENDING' RETURNING 1",
+            request_id,
+            error,
+        )
+        return marked is not None
+
+    async def revive(self, request_id: str) -> bool:
+        revived = await self.pool.fetchval(
+            "UPDATE coupon_requests SET dead_lettered_at = NULL, dead_letter_error = NULL"
+            " WHERE request_id = $1 AND status = 'PENDING' AND dead_lettered_at IS NOT NULL RETURNING 1",
+            request_id,
+        )
+        return revived is not None
 
     async def exists(self, request_id: str) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM coupon_requests WHERE request_id = $1", request_id))

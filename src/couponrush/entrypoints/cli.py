@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from couponrush.config import Settings, load_settings
+from couponrush.config import Settings, load_settings, redacted
+
+if TYPE_CHECKING:
+    from couponrush.service.ports import InboundRecord
+    from couponrush.service.reconcile import CouponReport
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -95,7 +99,7 @@ async def _migrate(settings: Settings) -> list[str]:
     from couponrush.adapters.db import ensure_database, migrate, normalize_dsn
 
     if await ensure_database(settings.database_url):
-        log.info("created database for %s", settings.database_url)
+        log.info("created database for %s", redacted(settings.database_url))
     conn = await asyncpg.connect(normalize_dsn(settings.database_url))
     try:
         return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
@@ -226,6 +230,7 @@ async def _worker(settings: Settings) -> None:
     )
     from couponrush.observability.instrument import sample_consumer_lag
     from couponrush.service.expiry import close_expired_gates
+    from couponrush.service.reconcile import reconcile_periodically
     from couponrush.service.signals import sleep_unless
 
     stop = _stop_on_signals()
@@ -245,6 +250,10 @@ async def _worker(settings: Settings) -> None:
         if stop.is_set():
             await dlq_sink.close()
             return
+        # Reconciliation may be mid-rebuild when we are asked to stop: cancel it (the rebuild lifts its fence).
+        reconciling = asyncio.create_task(
+            reconcile_periodically(services.reconciler(), stop, interval_s=settings.reconcile_interval_s)
+        )
         try:
             await asyncio.gather(
                 build_worker(services, source, dlq_sink).run(stop),
@@ -252,6 +261,8 @@ async def _worker(settings: Settings) -> None:
                 sample_consumer_lag(consumer, stop),
             )
         finally:
+            reconciling.cancel()
+            await asyncio.gather(reconciling, return_exceptions=True)
             await source.close()
             await dlq_sink.close()
     log.info("worker stopped")
@@ -288,6 +299,123 @@ async def _redis_rebuild(settings: Settings) -> dict[int, bool]:
 
     async with open_services(settings) as services:
         return await services.rebuilder.rebuild_all()
+
+
+@app.command("user-token")
+def user_token_command(
+    user_id: Annotated[int, typer.Argument(help="the user id the token names")],
+    ttl: Annotated[int, typer.Option(help="seconds until it expires")] = 3600,
+) -> None:
+    """Print a bearer token for one user, signed with COUPONRUSH_USER_TOKEN_SECRET."""
+    from couponrush.service.identity import user_token
+
+    settings = load_settings()
+    if settings.user_token_secret is None:
+        console.print("[red]COUPONRUSH_USER_TOKEN_SECRET is not set[/red]: user routes need no token.")
+        raise typer.Exit(2)
+    print(user_token(settings.user_token_secret.get_secret_value(), user_id, ttl_s=ttl))
+
+
+@app.command()
+def reconcile() -> None:
+    """Compare every open coupon's Redis gate with PostgreSQL, repair the gate, and report."""
+    settings = load_settings()
+    _configure_logging(settings, "reconcile")
+    reports = asyncio.run(_reconcile(settings))
+    for report in reports:
+        console.print(report.line(), markup=False)
+    repaired = sum(r.repaired for r in reports)
+    unrepaired = sum(bool(r.problems) and not r.repaired for r in reports)
+    console.print(f"{len(reports)} open coupon(s) checked, {repaired} gate(s) repaired, {unrepaired} not repaired")
+    if unrepaired:
+        raise typer.Exit(1)
+
+
+async def _reconcile(settings: Settings) -> list[CouponReport]:
+    from couponrush.bootstrap import open_services
+
+    async with open_services(settings) as services:
+        return await services.reconciler().reconcile()
+
+
+dlq_app = typer.Typer(help="Dead letters: records the worker could not process.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """Show every record parked on the request topic's dead-letter topic."""
+    from couponrush.service.dlq import DeadLetter
+
+    settings = load_settings()
+    _configure_logging(settings, "dlq")
+    _require_kafka(settings)
+    letters = [DeadLetter.of(r) for r in asyncio.run(_read_dead_letters(settings, group=None))]
+    for d in letters:
+        console.print(
+            f"#{d.offset} {d.original_topic}[{d.original_partition}]@{d.original_offset} {d.reason} "
+            f"attempts={d.attempts} request={d.request_id or '-'} error={d.error[:160]!r}",
+            markup=False,
+        )
+    console.print(f"{len(letters)} dead letter(s)")
+
+
+@dlq_app.command("replay")
+def dlq_replay() -> None:
+    """Re-publish dead letters not replayed before to their original topic (through the outbox)."""
+    settings = load_settings()
+    _configure_logging(settings, "dlq")
+    _require_kafka(settings)
+    republished, kept = asyncio.run(_dlq_replay(settings))
+    console.print(f"{republished} dead letter(s) re-published, {kept} kept (no unit left at the gate)")
+
+
+async def _read_dead_letters(settings: Settings, *, group: str | None) -> list[InboundRecord]:
+    from couponrush.adapters.dlq import dead_letter_source, read_all
+    from couponrush.config import dlq_topic
+
+    source = dead_letter_source(
+        settings.kafka_bootstrap_servers,
+        dlq_topic(settings.publish_requested_topic),
+        group=group,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+    )
+    await source.start()
+    try:
+        return await read_all(source)
+    finally:
+        await source.close()
+
+
+async def _dlq_replay(settings: Settings) -> tuple[int, int]:
+    from couponrush.adapters.dlq import PostgresRequeue, dead_letter_source, read_all
+    from couponrush.bootstrap import open_services
+    from couponrush.config import dlq_topic
+    from couponrush.service.dlq import DeadLetterReplay
+
+    # A group of its own remembers what was replayed: each dead letter is replayed once.
+    source = dead_letter_source(
+        settings.kafka_bootstrap_servers,
+        dlq_topic(settings.publish_requested_topic),
+        group=f"{settings.consumer_group}.dlq-replay",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+    )
+    await source.start()
+    try:
+        records = await read_all(source)
+        async with open_services(settings) as services:
+            replay = DeadLetterReplay(
+                gate=services.gate, ledger=services.request_log(), requeue=PostgresRequeue(services.pool)
+            )
+            report = await replay.replay(records)
+        for letter, why in report.kept:
+            console.print(f"kept #{letter.offset} request={letter.request_id}: {why}", markup=False)
+        await source.commit(records)
+        return len(report.republished), len(report.kept)
+    finally:
+        await source.close()
 
 
 bench_app = typer.Typer(

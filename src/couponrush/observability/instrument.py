@@ -136,11 +136,20 @@ class ObservedSource:
 class MeteredDeadLetters:
     inner: DeadLetters
 
-    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
-        parked = await self.inner.park(record, reason, error, stop)
+    async def park(
+        self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, *, attempts: int = 1
+    ) -> bool:
+        parked = await self.inner.park(record, reason, error, stop, attempts=attempts)
         if parked:
             metrics.DEAD_LETTERS.labels(reason).inc()
         return parked
+
+
+class MeteredRepairs:
+    """The reconciler's repairs, counted as ``couponrush_reconcile_repairs_total{kind}``."""
+
+    def repaired(self, kind: str) -> None:
+        metrics.RECONCILE_REPAIRS.labels(kind).inc()
 
 
 class HeadersOf(Protocol):

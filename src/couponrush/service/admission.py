@@ -94,11 +94,24 @@ class Admission:
         return event
 
     async def _was_recorded(self, request_id: str) -> bool | None:
-        try:
-            async with asyncio.timeout(self.record_timeout_s):
-                return await self.requests.exists(request_id)
-        except Exception:
-            return None
+        """Ask the database whether the request was recorded; None if it can't tell.
+
+        Asked again for a while (PostgreSQL restarting takes a second or two): answering "unknown"
+        keeps the unit reserved for a request that may not exist, and that unit is then lost to the
+        drop until a reconciliation frees it.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 3 * self.record_timeout_s
+        pause = 0.1
+        while True:
+            try:
+                async with asyncio.timeout(self.record_timeout_s):
+                    return await self.requests.exists(request_id)
+            except Exception:
+                if loop.time() + pause > give_up:
+                    return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def _gate_missing(self, user_id: int, coupon_id: int, request_id: str) -> GateVerdict:
         coupon = await self.coupons.get(coupon_id)

@@ -194,8 +194,22 @@ class UnprocessableEvent(Exception):
 
 
 class DeadLetters(Protocol):
-    async def park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
+    async def park(
+        self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, *, attempts: int = 1
+    ) -> bool:
         """Put the record on its dead-letter topic; False if ``stop`` was set before it was acknowledged."""
+        ...
+
+
+class DeadLetterLedger(Protocol):
+    """Where the database remembers which accepted requests were dead-lettered."""
+
+    async def mark_dead_lettered(self, request_id: str, error: str) -> bool:
+        """Mark a still-pending request dead-lettered; True if it was pending (its unit may be released)."""
+        ...
+
+    async def revive(self, request_id: str) -> bool:
+        """Clear the mark before a replay; True if the request is pending and was dead-lettered."""
         ...
 
 

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import ValidationError
 
 from couponrush.domain.events import PublishRequested
+from couponrush.service.dead_letters import RetryPolicy
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import DeadLetters, InboundRecord, RecordSource, UnprocessableEvent
 from couponrush.service.signals import sleep_unless
 
 log = logging.getLogger(__name__)
-
-_MAX_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +34,7 @@ class Worker:
     dead_letters: DeadLetters
     batch_size: int = 500
     poll_timeout_s: float = 0.5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     mode: Literal["batch", "single"] = "batch"
 
@@ -69,33 +69,38 @@ class Worker:
                 parked.add(index)
         if not events:
             return records
-        backoff = 0.1
+        outages = 0
         while True:
             try:
                 await self.issuing.handle_batch(events)
                 return records
             except asyncio.CancelledError:
                 raise
-            except UnprocessableEvent as exc:
-                # One of them can never be stored: settle them one by one, so only that one is parked.
-                log.warning("a batch of %d was refused (%s); settling it record by record", len(events), exc)
-                done: list[InboundRecord] = []
-                for index, record in enumerate(records):
-                    if index not in parked and not await self._process(record, stop):
-                        break
-                    done.append(record)
-                return done
-            except Exception:
-                # The database (or something under it) failed: nothing was committed for this batch,
+            except Exception as exc:
+                if isinstance(exc, UnprocessableEvent) or not self.retry.is_infrastructure(exc):
+                    # Something in the batch can't be processed (not the infrastructure being away):
+                    # settle the records one by one, so only the culprit is retried a bounded number
+                    # of times and parked.
+                    log.warning("a batch of %d failed (%s); settling it record by record", len(events), exc)
+                    done: list[InboundRecord] = []
+                    for index, record in enumerate(records):
+                        if index not in parked and not await self._process(record, stop):
+                            break
+                        done.append(record)
+                    return done
+                # The database (or something under it) is away: nothing was committed for this batch,
                 # so retry it rather than skip it. Order within each partition is kept.
-                log.exception("issuing a batch of %d failed; retrying in %.1fs", len(events), backoff)
-                if await sleep_unless(stop, backoff):
+                outages += 1
+                delay = self.retry.backoff(outages)
+                log.warning("issuing a batch of %d failed (%s); retrying in %.1fs", len(events), exc, delay)
+                if await sleep_unless(stop, delay):
                     assert first_event_at is not None
                     return records[:first_event_at]
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
-    async def _park(self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event) -> bool:
-        parked = await self.dead_letters.park(record, reason, error, stop)
+    async def _park(
+        self, record: InboundRecord, reason: str, error: str, stop: asyncio.Event, attempts: int = 1
+    ) -> bool:
+        parked = await self.dead_letters.park(record, reason, error, stop, attempts=attempts)
         if parked:
             log.warning(
                 "parked %s record %s[%d]@%d on the dead-letter topic: %s",
@@ -115,7 +120,8 @@ class Worker:
             event = PublishRequested.from_json(record.value)
         except (ValidationError, ValueError) as exc:
             return await self._park(record, "MALFORMED", str(exc), stop)
-        backoff = 0.1
+        outages = 0  # consecutive failures of the infrastructure: retried forever
+        failures = 0  # failures of this record itself: retried up to the policy's bound
         while True:
             try:
                 await self.issuing.handle(event)
@@ -123,11 +129,20 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except UnprocessableEvent as exc:
-                return await self._park(record, "UNPROCESSABLE", str(exc), stop)
-            except Exception:
-                # The database (or something under it) failed: nothing was committed for this
-                # record, so retry it rather than skip it. Order within the partition is kept.
-                log.exception("issuing request %s failed; retrying in %.1fs", event.request_id, backoff)
-                if await sleep_unless(stop, backoff):
+                return await self._park(record, "UNPROCESSABLE", str(exc), stop, failures + 1)
+            except Exception as exc:
+                if self.retry.is_infrastructure(exc):
+                    # The database (or something under it) is away: nothing was committed for this
+                    # record, so retry it rather than skip it. Order within the partition is kept.
+                    outages += 1
+                    delay = self.retry.backoff(outages)
+                    log.warning("issuing request %s failed (%s); retrying in %.1fs", event.request_id, exc, delay)
+                else:
+                    failures += 1
+                    if self.retry.gives_up(failures):
+                        error = f"{type(exc).__name__}: {exc}"
+                        return await self._park(record, "FAILED", error, stop, failures)
+                    delay = self.retry.backoff(failures)
+                    log.exception("processing request %s failed (attempt %d)", event.request_id, failures)
+                if await sleep_unless(stop, delay):
                     return False
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)

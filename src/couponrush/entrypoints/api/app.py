@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from couponrush.bootstrap import Services, open_services
 from couponrush.config import Settings
 from couponrush.entrypoints.api import answers, envelope
-from couponrush.entrypoints.api.deps import AdminRequired, NoRequest
+from couponrush.entrypoints.api.deps import AdminRequired, NoRequest, UserRequired
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
 from couponrush.entrypoints.api.routes import coupons, health, metrics, users
@@ -70,6 +70,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AdminRequired)
     async def _unauthorized(_: Request, exc: AdminRequired) -> JSONResponse:
         return envelope.error(401, exc.message, "UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(UserRequired)
+    async def _user_required(_: Request, exc: UserRequired) -> JSONResponse:
+        reason = "UNAUTHORIZED" if exc.status == 401 else "FORBIDDEN"
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return envelope.error(exc.status, exc.message, reason, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

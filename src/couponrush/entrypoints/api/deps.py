@@ -10,11 +10,21 @@ from fastapi import Depends, Header, Path, Request
 from couponrush.bootstrap import Services
 from couponrush.entrypoints.api.schemas import MAX_ID
 from couponrush.service.admission import Admission
+from couponrush.service.identity import token_user
 
 
 class AdminRequired(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
+        self.message = message
+
+
+class UserRequired(Exception):
+    """User routes with an identity configured: 401 without a valid token, 403 with another user's."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
         self.message = message
 
 
@@ -46,6 +56,32 @@ async def require_admin(
         raise AdminRequired("missing admin credentials: send 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(token.strip().encode(), expected.get_secret_value().encode()):
         raise AdminRequired("invalid admin token")
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+async def require_same_user(
+    request: Request,
+    user_id: Annotated[int, Path(alias="userId")],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """With COUPONRUSH_USER_TOKEN_SECRET set, /api/v1/users/{userId}/... serve only that user's own token."""
+    secret = (await get_services(request)).settings.user_token_secret
+    if secret is None:
+        return
+    token = _bearer(authorization)
+    if token is None:
+        raise UserRequired(401, "missing user credentials: send 'Authorization: Bearer <user token>'")
+    named = token_user(secret.get_secret_value(), token)
+    if named is None:
+        raise UserRequired(401, "invalid or expired user token")
+    if named != user_id:
+        raise UserRequired(403, "this token may not act for another user")
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

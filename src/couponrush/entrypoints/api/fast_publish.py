@@ -6,8 +6,9 @@ see BENCHMARKS.md). This pure-ASGI middleware answers a *plainly valid* request 
 contract as the FastAPI route (which stays registered, so the OpenAPI schema is unchanged): the same
 admission call, the same envelopes, status codes, headers and metrics. Anything else (another path or
 method, a body that is not exactly ``{"couponId": <positive integer>}``, a non-JSON content type)
-falls through untouched to FastAPI, which gives the usual 4xx answers. ``COUPONRUSH_HTTP_FAST_PUBLISH=false``
-turns it off.
+falls through untouched to FastAPI, which gives the usual 4xx answers; so does every request when user
+identity is configured (``COUPONRUSH_USER_TOKEN_SECRET``: the route checks the token).
+``COUPONRUSH_HTTP_FAST_PUBLISH=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class FastPublishMiddleware:
             await self.app(scope, receive, send)
             return
         match = _PATH.fullmatch(scope["path"])
-        if match is None or not _is_json(scope):
+        # With user identity configured (COUPONRUSH_USER_TOKEN_SECRET), the route's token check applies:
+        # such deployments take the FastAPI route for every request.
+        if match is None or not _is_json(scope) or scope["app"].state.services.settings.user_token_secret:
             await self.app(scope, receive, send)
             return
         user_id = int(match[1])

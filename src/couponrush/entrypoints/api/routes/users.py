@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from couponrush.entrypoints.api.deps import AdmissionDep, CouponId, NoRequest, ServicesDep, UserId
+from couponrush.entrypoints.api.deps import (
+    AdmissionDep,
+    CouponId,
+    NoRequest,
+    ServicesDep,
+    UserId,
+    require_same_user,
+)
 from couponrush.entrypoints.api.envelope import Envelope, error_responses, ok
 from couponrush.entrypoints.api.schemas import PublishAccepted, PublishRequest, RequestStatusView, UserCouponView
 from couponrush.observability.metrics import PUBLISH_REQUESTS
 from couponrush.service.admission import Refused, Unavailable
 
-router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"])
+router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], dependencies=[Depends(require_same_user)])
 
 
 @router.post(
