@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
             medians = data["medians"]
             cells = [f"{medians[label]:g}" if label in medians else "-" for label in labels]
             lines.append(f"| {variant} | {len(data['runs'])} | " + " | ".join(cells) + " |")
+        for variant, data in variants.items():
+            cpu_runs = [run["cpu_ms_per_accepted"] for run in data["runs"] if "cpu_ms_per_accepted" in run]
+            if cpu_runs:
+                roles = sorted(cpu_runs[0], key=lambda r: -statistics.median(c.get(r, 0.0) for c in cpu_runs))
+                parts = [f"{r} {statistics.median(c.get(r, 0.0) for c in cpu_runs):.3f}" for r in roles]
+                lines += ["", f"CPU ms per accepted request, {variant} (median): " + ", ".join(parts)]
         checks = [
             f"{variant} run {n}: {run['invariants']}"
             for variant, data in variants.items()

@@ -135,3 +135,49 @@ class BenchSystem:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds used so far) for every process we can read."""
+    table: dict[int, tuple[int, str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # fields[1] is the parent pid; fields[11], fields[12] are utime, stime (in clock ticks).
+        table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / _TICKS)
+    return table
+
+
+def _tree_cpu(table: dict[int, tuple[int, str, float]], root: int) -> float:
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid in table:
+            total += table[pid][2]
+            stack.extend(child for child, (parent, _, _) in table.items() if parent == pid)
+    return total
+
+
+def cpu_snapshot(system: BenchSystem) -> dict[str, float]:
+    """CPU seconds used so far by each part of the system under test, and by this process (the generator).
+
+    Taken before and after a load, the differences say which stage spent the shared cores. PostgreSQL and
+    Redis are the machine's shared servers: all their processes are counted (the bench is alone on them).
+    """
+    table = _proc_table()
+    result = {role: _tree_cpu(table, process.pid) for role, process in system.processes.items()}
+    if system.broker is not None and system.broker.pid is not None:
+        result["broker"] = _tree_cpu(table, system.broker.pid)
+    result["postgres"] = sum(cpu for _, name, cpu in table.values() if name == "postgres")
+    result["redis"] = sum(cpu for _, name, cpu in table.values() if name.startswith("redis-server"))
+    result["generator"] = table.get(os.getpid(), (0, "", 0.0))[2]
+    return result

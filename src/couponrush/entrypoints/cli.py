@@ -446,8 +446,8 @@ def bench_suite(
         str, typer.Option(help="comma-separated: ceiling, accept, hot-issue, steady, drop")
     ] = "ceiling,accept,hot-issue,steady,drop",
     variants: Annotated[
-        str, typer.Option(help="comma-separated: generator (ceiling), legacy, report, couponrush")
-    ] = "generator,legacy,report,couponrush",
+        str, typer.Option(help="comma-separated: generator (ceiling), legacy, report, couponrush, couponrush-fetch10")
+    ] = "generator,legacy,report,couponrush,couponrush-fetch10",
     runs: Annotated[int, typer.Option(help="runs per variant; medians are reported")] = 3,
     out: Annotated[Path, typer.Option(help="where results.json, summary.md and the plots go")] = Path("bench/results"),
     api_workers: Annotated[int, typer.Option(help="API processes of the system under test")] = 2,
