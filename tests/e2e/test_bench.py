@@ -30,6 +30,8 @@ def test_the_suite_measures_a_small_drop_and_the_hot_coupon_on_fresh_systems(tmp
             "400",
             "--hot-requests",
             "300",
+            "--warmup-requests",
+            "100",
             "--api-workers",
             "1",
             "--out",

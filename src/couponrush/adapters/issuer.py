@@ -183,7 +183,9 @@ class PostgresIssuer:
                 [
                     published_message(
                         self.published_topic,
-                        Published(
+                        # Built from our own committed rows: no validation needed (model_construct), the
+                        # same JSON on the wire (measured: validation was ~10% of a hot batch's CPU).
+                        Published.model_construct(
                             request_id=d.request.request_id,
                             user_id=d.request.user_id,
                             coupon_id=d.request.coupon_id,

@@ -460,6 +460,7 @@ def bench_suite(
     drop_requests: Annotated[int, typer.Option(help="requests of the big drop")] = 100_000,
     drop_users: Annotated[int, typer.Option(help="distinct users of the big drop")] = 50_000,
     drop_quantity: Annotated[int, typer.Option(help="coupons of the big drop")] = 1000,
+    warmup_requests: Annotated[int, typer.Option(help="unmeasured requests before each measured drop")] = 2000,
     database_url: Annotated[
         str, typer.Option(help="a database the bench may drop and re-create")
     ] = "postgresql://postgres@127.0.0.1:5432/couponrush_bench",
@@ -488,6 +489,7 @@ def bench_suite(
         drop_requests=drop_requests,
         drop_users=drop_users,
         drop_quantity=drop_quantity,
+        warmup_requests=warmup_requests,
         scenarios=chosen,
         variants=[v.strip() for v in variants.split(",") if v.strip()],
         progress=update,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -196,8 +197,15 @@ class ObservedIssuing(IssuingService):
         ):
             outcomes = await IssuingService.handle_batch(self, events)
             now = datetime.now(UTC)
+            decisions: Counter[tuple[str, str]] = Counter()
             for event, outcome in zip(events, outcomes, strict=True):
-                _count(event, outcome, now)
+                if outcome.replayed:
+                    continue
+                decisions[(outcome.status.value, outcome.reason.value if outcome.reason is not None else "OK")] += 1
+                if outcome.status is RequestStatus.ISSUED:
+                    metrics.TIME_TO_ISSUE_SECONDS.observe(max(0.0, (now - event.requested_at).total_seconds()))
+            for (status, reason), count in decisions.items():  # one counter update per kind, not per record
+                metrics.ISSUE_DECISIONS.labels(status, reason).inc(count)
             return outcomes
 
 
