@@ -88,12 +88,17 @@ def _system(options: BenchOptions, name: str, env: dict[str, str]) -> BenchSyste
 
 
 async def _create_coupon(system: BenchSystem, quantity: int) -> int:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{system.http_port}") as client:
+    return await create_coupon_at(f"http://127.0.0.1:{system.http_port}", BENCH_ADMIN_TOKEN, quantity, "bench")
+
+
+async def create_coupon_at(base_url: str, admin_token: str, quantity: int, name: str) -> int:
+    """Create an open coupon through the admin API; its id."""
+    async with httpx.AsyncClient(base_url=base_url) as client:
         response = await client.post(
             "/api/v1/coupons",
-            headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"},
+            headers={"Authorization": f"Bearer {admin_token}"},
             json={
-                "name": "bench",
+                "name": name,
                 "discountRate": 0.1,
                 "quantity": quantity,
                 "status": "PUBLISHABLE",
@@ -597,20 +602,7 @@ async def drop_against(
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     system = BenchSystem(database_url=database_url, redis_url="", log_dir=options.runs_dir, http_port=port)
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        response = await client.post(
-            "/api/v1/coupons",
-            headers={"Authorization": f"Bearer {admin_token}"},
-            json={
-                "name": "bench drop",
-                "discountRate": 0.1,
-                "quantity": quantity,
-                "status": "PUBLISHABLE",
-                "expiredAt": "2099-01-01T00:00:00+00:00",
-            },
-        )
-        response.raise_for_status()
-        coupon_id: int = response.json()["data"]["id"]
+    coupon_id = await create_coupon_at(base_url, admin_token, quantity, "bench drop")
     rng = random.Random(coupon_id)
     base = rng.randrange(1, 2**40)  # fresh users for every drop against a long-running system
     ids = [base + n for n in range(users)]
