@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from couponrush.adapters.broker import EmbeddedBroker, free_port
 from couponrush.adapters.db import create_pool, ensure_database, migrate, normalize_dsn
 from couponrush.config import Settings
+from couponrush.dev.broker import EmbeddedBroker, free_port
 
 TEST_DATABASE_URL = os.environ.get(
     "COUPONRUSH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/couponrush_test"

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from couponrush.adapters.coupons import PostgresCoupons, PostgresGateSnapshots
 from couponrush.adapters.db import create_pool
 from couponrush.adapters.failures import is_infrastructure_failure
-from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate
+from couponrush.adapters.gate import RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
 from couponrush.adapters.operations import PostgresOperations
@@ -31,16 +31,19 @@ from couponrush.observability.health import Probe
 from couponrush.observability.instrument import (
     MeteredDeadLetters,
     MeteredRepairs,
+    MeteredSink,
     ObservedIssuing,
     ObservedSource,
     TimedGate,
 )
+from couponrush.roles.relay import RelayRole
+from couponrush.roles.worker import WorkerRole
 from couponrush.service.admission import Admission
 from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import Gate, RecordSource, RequestLog
+from couponrush.service.ports import Gate, RecordSource
 from couponrush.service.reconcile import Reconciler, RepairCounter
 from couponrush.service.topic_versions import TopicRouter, VersionedSource
 from couponrush.service.worker import Worker
@@ -53,8 +56,8 @@ class Services:
     redis: Redis
     gate: Gate
     rebuilder: GateRebuilder
-    # How the request path records accepted requests (a group commit unless RECORD_FLUSHERS=0).
-    recorder: RequestLog
+    # How the request path records accepted requests: a group commit.
+    recorder: GroupCommitRequestLog
 
     @property
     def coupons(self) -> PostgresCoupons:
@@ -109,10 +112,8 @@ class Services:
         return [PostgresProbe(self.pool), RedisProbe(self.redis), KafkaProbe(self.settings.kafka_bootstrap_servers)]
 
 
-def build_recorder(settings: Settings, pool: asyncpg.Pool) -> RequestLog:
+def build_recorder(settings: Settings, pool: asyncpg.Pool) -> GroupCommitRequestLog:
     """Recording is bounded by RECORD_TIMEOUT_S in all: half queued at most, half for the transaction."""
-    if settings.record_flushers == 0:
-        return PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s)
     return GroupCommitRequestLog(
         PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s / 2),
         queue_wait_s=settings.record_timeout_s / 2,
@@ -122,8 +123,6 @@ def build_recorder(settings: Settings, pool: asyncpg.Pool) -> RequestLog:
 
 
 def build_gate(settings: Settings, redis: Redis) -> Gate:
-    if settings.admission == "flag":
-        return RedisFlagGate(redis)
     return RedisReservingGate(redis)
 
 
@@ -137,8 +136,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder, recorder=recorder)
     finally:
-        if isinstance(recorder, GroupCommitRequestLog):
-            await recorder.close()
+        await recorder.close()
         await rebuilder.close()
         await redis.aclose()
         await pool.close()
@@ -202,7 +200,6 @@ def build_worker(services: Services, source: RecordSource, dlq_sink: KafkaSink) 
             inner=MeteredDeadLetters(KafkaDeadLetters(dlq_sink)), gate=services.gate, ledger=services.request_log()
         ),
         batch_size=services.settings.worker_batch_size,
-        mode=services.settings.worker_mode,
         retry=retry_policy(services.settings),
     )
 
@@ -235,4 +232,35 @@ def versioned_worker_source(services: Services, source: KafkaSource, dlq_sink: K
         configured_topic=services.settings.publish_requested_topic,
         configured_partitions=services.settings.kafka_partitions,
         on_subscribe=keep_dead_letters,
+    )
+
+
+# --- the roles (roles/*.py), wired ---
+
+
+def relay_role(services: Services, sink: KafkaSink) -> RelayRole:
+    settings = services.settings
+    return RelayRole(
+        lock=services.outbox(),
+        outbox=services.outbox(),
+        new_sink=lambda: relay_router(services, sink),
+        stuck=services.request_log(),
+        batch_size=settings.relay_batch_size,
+        idle_scan_s=settings.relay_idle_scan_s,
+        redrive_after_s=settings.redrive_after_s,
+        observe=MeteredSink,
+    )
+
+
+def worker_role(services: Services, consumer: KafkaSource, dlq_sink: KafkaSink) -> WorkerRole:
+    # Reads the topic version recorded in PostgreSQL, and follows switches at run time.
+    source = versioned_worker_source(services, consumer, dlq_sink)
+    return WorkerRole(
+        source=source,
+        worker=build_worker(services, source, dlq_sink),
+        snapshots=services.snapshots,
+        gate=services.gate,
+        reconciler=services.reconciler(),
+        lag=consumer,
+        reconcile_interval_s=services.settings.reconcile_interval_s,
     )

@@ -7,20 +7,21 @@ Secrets (the admin token) have no default: they come from the environment only.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from couponrush.domain.topic_versions import dlq_topic
+
+__all__ = ["Settings", "dlq_topic", "load_settings"]
 
 PUBLISH_REQUESTED_TOPIC = "outside.coupon.publish.requested.v1"
 PUBLISHED_TOPIC = "outside.coupon.published.v1"
 CONSUMER_GROUP = "coupon"
-
-
-def dlq_topic(topic: str) -> str:
-    """The dead-letter topic that parks what could not be processed from ``topic``."""
-    return f"{topic}.dlq"
 
 
 def redacted(url: str) -> str:
@@ -69,19 +70,13 @@ class Settings(BaseSettings):
     # NOTIFY wakes it (covers a lost notification); the happy path never waits on it.
     relay_idle_scan_s: float = Field(default=1.0, gt=0)
     worker_batch_size: int = Field(default=500, ge=1, le=100_000)
-    # "batch": a poll's records issued in one transaction, offsets committed once. "single": the
-    # report's way, one record, one transaction, one commit (kept to measure against).
-    worker_mode: Literal["batch", "single"] = "batch"
 
-    # "reserve": OK means a unit is reserved for you (atomic Lua gate). "flag": the report's gate,
-    # which only reads coupon:available:{id} (kept to compare; it over-accepts in a rush).
-    admission: Literal["reserve", "flag"] = "reserve"
     # Bound on recording an accepted request; a gate rebuild waits longer than this (grace).
     record_timeout_s: float = Field(default=2.0, gt=0)
     rebuild_grace_s: float = Field(default=3.0, gt=0)
     # Group commit of accepted requests: up to RECORD_FLUSHERS transactions at once, each taking
-    # whatever is queued (up to RECORD_BATCH_MAX). 0 flushers: one transaction per request.
-    record_flushers: int = Field(default=2, ge=0, le=64)
+    # whatever is queued (up to RECORD_BATCH_MAX).
+    record_flushers: int = Field(default=2, ge=1, le=64)
     record_batch_max: int = Field(default=500, ge=1, le=100_000)
 
     # A request still pending this long after it was accepted is published again (see service/redrive.py).
@@ -122,5 +117,52 @@ class Settings(BaseSettings):
         return bool(self.kafka_bootstrap_servers.strip())
 
 
+PREFIX = "COUPONRUSH_"
+# Read by the test suite and the benchmark, not by the service: never warned about.
+_NOT_OURS = ("COUPONRUSH_TEST_", "COUPONRUSH_CHAOS_", "COUPONRUSH_BENCH_")
+
+
+def variable(field_name: str) -> str:
+    """The environment variable behind a settings field."""
+    return PREFIX + field_name.upper()
+
+
+def known_variables() -> list[str]:
+    return sorted(variable(name) for name in Settings.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``COUPONRUSH_*`` variables that configure nothing (a typo?), each with the closest known name."""
+    known = known_variables()
+    unknown = [n for n in environ if n.startswith(PREFIX) and n not in known and not n.startswith(_NOT_OURS)]
+    return [(n, next(iter(difflib.get_close_matches(n, known, n=1, cutoff=0.75)), None)) for n in sorted(unknown)]
+
+
+class ConfigurationError(Exception):
+    """The environment does not make a valid configuration; ``lines`` say which variable and why."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def _describe(error: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for e in error.errors():
+        loc = e.get("loc", ())
+        message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if loc:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f"={value!s:.60}"
+            lines.append(f"{variable(str(loc[0]))}{shown}: {message}")
+        else:
+            lines.append(message)
+    return lines
+
+
 def load_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; ``ConfigurationError`` names every variable that is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from exc

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from couponrush.adapters.broker import free_port
+from couponrush.dev.broker import free_port
 from tests.e2e.drop_checks import settled_totals
 from tests.support.drop import run_drop
 from tests.support.kafka import find_record

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from couponrush.adapters.broker import free_port, port_open
+from couponrush.dev.broker import free_port, port_open
 from tests.support.polling import eventually
 from tests.support.system import ADMIN_TOKEN, create_coupon
 

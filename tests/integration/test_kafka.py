@@ -6,9 +6,9 @@ import asyncio
 
 from confluent_kafka.admin import AdminClient
 
-from couponrush.adapters.broker import EmbeddedBroker, free_port
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config, ensure_topics
 from couponrush.config import Settings
+from couponrush.dev.broker import EmbeddedBroker, free_port
 from couponrush.service.ports import InboundRecord, OutboundMessage
 from tests.support.kafka import nothing_more, read_all, read_records, source_for
 

@@ -9,13 +9,13 @@ import asyncpg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
-from couponrush.adapters.broker import EmbeddedBroker, free_port
 from couponrush.adapters.coupons import PostgresCoupons
 from couponrush.adapters.kafka import KafkaSink
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
 from couponrush.adapters.requests import PostgresRequestLog
+from couponrush.dev.broker import EmbeddedBroker, free_port
 from couponrush.domain.events import PublishRequested
 from couponrush.observability import tracing
 from couponrush.observability.health import readiness
@@ -89,7 +89,7 @@ async def test_the_issuing_span_joins_the_trace_of_the_http_request_across_outbo
         while not records:
             records = await source.next_batch(10, 0.5)
         issuing = ObservedIssuing(issuer=FakeIssuer(coupons), gate=FakeGate(), records=source)
-        await issuing.handle(PublishRequested.from_json(records[0].value or b""))
+        await issuing.handle_batch([PublishRequested.from_json(records[0].value or b"")])
     finally:
         tracing.disable()
         await consumer.close()

@@ -15,6 +15,7 @@ from couponrush.adapters.requests import PostgresRequestLog
 from couponrush.domain.model import CouponStatus, RejectReason, RequestStatus
 from couponrush.service.ports import UnprocessableEvent
 from tests.support.data import new_coupon, publish_requested
+from tests.support.fakes import issue_one
 
 PUBLISHED = "outside.coupon.published.v1"
 
@@ -109,7 +110,7 @@ async def test_one_batch_spans_coupons_and_refuses_each_closed_one_with_its_reas
 
 async def test_a_batch_sees_holdings_from_before_it(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
-    await issuer(db).issue(publish_requested(7, coupon.id), datetime.now(UTC))
+    await issue_one(issuer(db), publish_requested(7, coupon.id), datetime.now(UTC))
     [outcome] = await issuer(db).issue_batch([publish_requested(7, coupon.id)], datetime.now(UTC))
     assert outcome.reason is RejectReason.ALREADY_ISSUED
     assert await db.fetchval("SELECT issued_count FROM coupons WHERE id = $1", coupon.id) == 1

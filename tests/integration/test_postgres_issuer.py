@@ -14,6 +14,7 @@ from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.requests import PostgresRequestLog
 from couponrush.domain.model import CouponStatus, RejectReason, RequestStatus
 from tests.support.data import new_coupon, publish_requested
+from tests.support.fakes import issue_one
 
 PUBLISHED = "outside.coupon.published.v1"
 
@@ -32,7 +33,7 @@ async def test_issuing_inserts_the_holding_counts_it_and_records_the_published_e
     event = publish_requested(user_id=7, coupon_id=coupon.id)
     await PostgresRequestLog(db, "requests").record_accepted(event)
 
-    outcome = await issuer(db).issue(event, datetime.now(UTC))
+    outcome = await issue_one(issuer(db), event, datetime.now(UTC))
 
     assert outcome.status is RequestStatus.ISSUED
     assert outcome.coupon is not None
@@ -51,8 +52,8 @@ async def test_issuing_inserts_the_holding_counts_it_and_records_the_published_e
 async def test_a_redelivered_event_changes_nothing(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
     event = publish_requested(user_id=7, coupon_id=coupon.id)
-    first = await issuer(db).issue(event, datetime.now(UTC))
-    second = await issuer(db).issue(event, datetime.now(UTC))
+    first = await issue_one(issuer(db), event, datetime.now(UTC))
+    second = await issue_one(issuer(db), event, datetime.now(UTC))
 
     assert (first.status, first.replayed) == (RequestStatus.ISSUED, False)
     assert (second.status, second.replayed) == (RequestStatus.ISSUED, True)
@@ -63,15 +64,15 @@ async def test_a_redelivered_event_changes_nothing(db: asyncpg.Pool) -> None:
 
 async def test_a_second_request_of_the_same_user_is_refused_and_recorded(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
-    await issuer(db).issue(publish_requested(7, coupon.id), datetime.now(UTC))
-    outcome = await issuer(db).issue(publish_requested(7, coupon.id), datetime.now(UTC))
+    await issue_one(issuer(db), publish_requested(7, coupon.id), datetime.now(UTC))
+    outcome = await issue_one(issuer(db), publish_requested(7, coupon.id), datetime.now(UTC))
     assert outcome.reason is RejectReason.ALREADY_ISSUED
     assert await request_rows(db) == [(7, "ISSUED", None), (7, "REJECTED", "ALREADY_ISSUED")]
 
 
 async def test_the_unique_constraint_refuses_a_second_copy_even_without_the_read(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
-    await issuer(db).issue(publish_requested(7, coupon.id), datetime.now(UTC))
+    await issue_one(issuer(db), publish_requested(7, coupon.id), datetime.now(UTC))
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.execute(
             "INSERT INTO user_coupons (user_id, coupon_id, request_id) VALUES (7, $1, 'manual')", coupon.id
@@ -80,7 +81,7 @@ async def test_the_unique_constraint_refuses_a_second_copy_even_without_the_read
 
 async def test_the_database_refuses_to_count_past_the_quantity(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=1))
-    await issuer(db).issue(publish_requested(7, coupon.id), datetime.now(UTC))
+    await issue_one(issuer(db), publish_requested(7, coupon.id), datetime.now(UTC))
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("UPDATE coupons SET issued_count = issued_count + 1 WHERE id = $1", coupon.id)
 
@@ -98,15 +99,15 @@ async def test_a_coupon_that_cannot_be_issued_is_refused_with_its_reason(
 ) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(**coupon_kwargs))  # type: ignore[arg-type]
     if reason is RejectReason.SOLD_OUT:
-        await issuer(db).issue(publish_requested(1, coupon.id), datetime.now(UTC))
-    outcome = await issuer(db).issue(publish_requested(2, coupon.id), datetime.now(UTC))
+        await issue_one(issuer(db), publish_requested(1, coupon.id), datetime.now(UTC))
+    outcome = await issue_one(issuer(db), publish_requested(2, coupon.id), datetime.now(UTC))
     assert (outcome.status, outcome.reason) == (RequestStatus.REJECTED, reason)
     assert await db.fetchval("SELECT count(*) FROM user_coupons WHERE user_id = 2") == 0
     assert (2, "REJECTED", reason.value) in await request_rows(db)
 
 
 async def test_a_request_for_a_coupon_that_does_not_exist_is_recorded_as_refused(db: asyncpg.Pool) -> None:
-    outcome = await issuer(db).issue(publish_requested(1, 424242), datetime.now(UTC))
+    outcome = await issue_one(issuer(db), publish_requested(1, 424242), datetime.now(UTC))
     assert outcome.reason is RejectReason.UNKNOWN_COUPON
     assert await request_rows(db) == [(1, "REJECTED", "UNKNOWN_COUPON")]
 
@@ -114,7 +115,7 @@ async def test_a_request_for_a_coupon_that_does_not_exist_is_recorded_as_refused
 async def test_concurrent_issues_of_one_coupon_never_exceed_its_quantity(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=10))
     events = [publish_requested(user_id=u % 40 + 1, coupon_id=coupon.id) for u in range(120)]
-    outcomes = await asyncio.gather(*(issuer(db).issue(e, datetime.now(UTC)) for e in events))
+    outcomes = await asyncio.gather(*(issue_one(issuer(db), e, datetime.now(UTC)) for e in events))
 
     issued = [o for o in outcomes if o.status is RequestStatus.ISSUED]
     assert len(issued) == 10

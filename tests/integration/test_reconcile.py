@@ -15,6 +15,7 @@ from couponrush.adapters.requests import PostgresRequestLog
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.reconcile import InMemoryRepairCounter, Reconciler
 from tests.support.data import new_coupon, publish_requested
+from tests.support.fakes import issue_one
 
 
 async def drop_in_progress(db: asyncpg.Pool, redis: Redis) -> tuple[int, Reconciler, InMemoryRepairCounter]:
@@ -27,7 +28,7 @@ async def drop_in_progress(db: asyncpg.Pool, redis: Redis) -> tuple[int, Reconci
     for event in events:
         await gate.admit(coupon.id, event.user_id, event.request_id, datetime.now(UTC))
         await log.record_accepted(event)
-    await PostgresIssuer(db, "published").issue(events[0], datetime.now(UTC))
+    await issue_one(PostgresIssuer(db, "published"), events[0], datetime.now(UTC))
     counter = InMemoryRepairCounter()
     snapshots = PostgresGateSnapshots(db)
     reconciler = Reconciler(

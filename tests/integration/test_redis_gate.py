@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from redis.asyncio import Redis
 
-from couponrush.adapters.gate import RedisFlagGate, RedisReservingGate, gate_key, holders_key
+from couponrush.adapters.gate import RedisReservingGate, gate_key, holders_key
 from couponrush.domain.model import Coupon, CouponStatus, GateSnapshot, RejectReason
 from couponrush.service.ports import GateState
 
@@ -154,25 +154,6 @@ async def test_a_stale_fence_of_a_dead_rebuilder_can_be_taken_over(redis: Redis)
     gate = RedisReservingGate(redis)
     assert await gate.begin_rebuild(1, "dead", NOW, lease_s=1)
     assert await gate.begin_rebuild(1, "alive", NOW + timedelta(seconds=2), lease_s=30)
-
-
-async def test_the_flag_gate_admits_while_the_flag_is_true_and_says_why_when_false(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    assert (await gate.admit(1, 7, "r", NOW)).state is GateState.MISSING
-    await gate.open(coupon(), NOW, created=True)
-    assert await redis.get("coupon:available:1") == b"true"
-    assert (await gate.admit(1, 7, "r", NOW)).state is GateState.ADMITTED
-    assert (await gate.admit(1, 7, "r2", NOW)).state is GateState.ADMITTED  # no memory of users
-    await gate.close(1, RejectReason.SOLD_OUT)
-    verdict = await gate.admit(1, 8, "s", NOW)
-    assert (verdict.state, verdict.reason) == (GateState.CLOSED, RejectReason.SOLD_OUT)
-
-
-async def test_the_flag_gate_never_reopens_what_a_worker_closed(redis: Redis) -> None:
-    gate = RedisFlagGate(redis)
-    await gate.close(1, RejectReason.SOLD_OUT)
-    await gate.finish_rebuild(1, "", GateSnapshot(coupon(), {}), NOW)
-    assert await redis.get("coupon:available:1") == b"false"
 
 
 async def test_an_aborted_rebuild_returns_the_gate_to_what_it_held(redis: Redis) -> None:

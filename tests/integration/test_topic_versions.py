@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import Redis
 
-from couponrush.adapters.broker import EmbeddedBroker
 from couponrush.adapters.coupons import PostgresCoupons
-from couponrush.adapters.gate import RedisFlagGate
+from couponrush.adapters.gate import RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.requests import PostgresRequestLog
 from couponrush.adapters.topic_versions import KafkaTopicAdmin, PostgresTopicVersions
 from couponrush.config import Settings
+from couponrush.dev.broker import EmbeddedBroker
 from couponrush.domain.topic_versions import VersionState, parse_topic, versioned
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import OutboundMessage
@@ -91,7 +91,7 @@ async def test_migrating_to_v2_during_a_drop_keeps_each_coupons_order_and_loses_
     source = VersionedSource(inner=consumer, store=store, configured_topic=v1, configured_partitions=3)
     worker = Worker(
         source=source,
-        issuing=IssuingService(PostgresIssuer(db, settings.published_topic), RedisFlagGate(redis)),
+        issuing=IssuingService(PostgresIssuer(db, settings.published_topic), RedisReservingGate(redis)),
         dead_letters=KafkaDeadLetters(dlq),
         batch_size=50,
     )

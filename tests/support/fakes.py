@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from couponrush.domain.events import PublishRequested
+from couponrush.domain.issuing import RecordedRequest, settle, status_of
 from couponrush.domain.model import (
     Coupon,
     CouponStatus,
@@ -19,14 +20,14 @@ from couponrush.domain.model import (
     RequestStatus,
     UserCoupon,
 )
-from couponrush.service.ports import GateState, GateVerdict, InboundRecord, OutboundMessage, OutboxRow
+from couponrush.service.issuing import IssuingService
+from couponrush.service.ports import GateState, GateVerdict, InboundRecord, Issuer, OutboundMessage, OutboxRow
 
 
 @dataclass
 class FakeGate:
-    """An in-memory reserving gate with the same rules as the Lua one (or a flag gate: reserves=False)."""
+    """An in-memory reserving gate with the same rules as the Lua one."""
 
-    reserves: bool = True
     open_: dict[int, bool] = field(default_factory=dict)
     reasons: dict[int, RejectReason] = field(default_factory=dict)
     expires: dict[int, datetime] = field(default_factory=dict)
@@ -50,8 +51,6 @@ class FakeGate:
             return GateVerdict(GateState.CLOSED, self.reasons.get(coupon_id, RejectReason.NOT_OPEN))
         if now >= self.expires[coupon_id]:
             return GateVerdict(GateState.CLOSED, RejectReason.EXPIRED)
-        if not self.reserves:
-            return GateVerdict(GateState.ADMITTED)
         if user_id in self.holders[coupon_id]:
             return GateVerdict(GateState.DUPLICATE)
         if self.stock[coupon_id] <= 0:
@@ -100,10 +99,9 @@ class FakeGate:
             del self.rebuilding[coupon_id]
 
     async def finish_rebuild(self, coupon_id: int, token: str, snapshot: GateSnapshot, now: datetime) -> bool:
-        if self.reserves:  # the flag gate reserves nothing, so it fences nothing
-            if self.rebuilding.get(coupon_id) != token:
-                return False
-            del self.rebuilding[coupon_id]
+        if self.rebuilding.get(coupon_id) != token:
+            return False
+        del self.rebuilding[coupon_id]
         coupon = snapshot.coupon
         self.open_[coupon_id] = coupon.status is CouponStatus.PUBLISHABLE
         self.expires[coupon_id] = coupon.expired_at
@@ -167,11 +165,14 @@ class FakeRequestLog:
 
 @dataclass
 class FakeIssuer:
-    """The issuing rules over an in-memory store, with the same idempotency as the real one."""
+    """The issuing rules (``domain.issuing.settle``) over an in-memory store, idempotent like the real one."""
 
     coupons: FakeCoupons
-    decided: dict[str, IssueOutcome] = field(default_factory=dict)
+    recorded: dict[str, RecordedRequest] = field(default_factory=dict)
     failures_left: int = 0
+    # Called for each event before a batch is settled; what it raises fails the whole batch, as one
+    # event the database refuses fails its transaction.
+    refuse: Callable[[PublishRequested], None] | None = None
 
     batches: list[int] = field(default_factory=list)
 
@@ -179,37 +180,40 @@ class FakeIssuer:
         if self.failures_left > 0:
             self.failures_left -= 1
             raise ConnectionError("database is away")
+        if self.refuse is not None:
+            for event in events:
+                self.refuse(event)
         self.batches.append(len(events))
-        return [await self.issue(event, now) for event in events]
-
-    async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
-        if self.failures_left > 0:
-            self.failures_left -= 1
-            raise ConnectionError("database is away")
-        if event.request_id in self.decided:
-            return dataclasses.replace(self.decided[event.request_id], replayed=True)
-        coupon = self.coupons.coupons.get(event.coupon_id)
-        if coupon is None:
-            reason: RejectReason | None = RejectReason.UNKNOWN_COUPON
-        else:
-            holds = any(h.user_id == event.user_id and h.coupon_id == coupon.id for h in self.coupons.held)
-            reason = coupon.issue_decision(already_holds=holds, now=now)
-        if coupon is not None and reason is None:
-            coupon = coupon.after_issuing_one()
-            self.coupons.coupons[coupon.id] = coupon
-            self.coupons.held.append(
-                UserCoupon(coupon.id, event.user_id, coupon.name, coupon.discount_rate, now, coupon.expired_at)
+        for e in events:
+            self.recorded.setdefault(
+                e.request_id, RecordedRequest(e.request_id, e.user_id, e.coupon_id, RequestStatus.PENDING, None)
             )
-        outcome = IssueOutcome(
-            request_id=event.request_id,
-            user_id=event.user_id,
-            coupon_id=event.coupon_id,
-            status=RequestStatus.ISSUED if reason is None else RequestStatus.REJECTED,
-            reason=reason,
-            coupon=coupon,
-        )
-        self.decided[event.request_id] = outcome
-        return outcome
+        holders = {(h.user_id, h.coupon_id) for h in self.coupons.held}
+        settlement = settle(events, self.recorded, self.coupons.coupons, holders, now)
+        for d in settlement.decisions:
+            request = d.request
+            self.recorded[request.request_id] = RecordedRequest(
+                request.request_id, request.user_id, request.coupon_id, status_of(d), d.reason
+            )
+            coupon = d.coupon
+            if d.issued and coupon is not None:
+                self.coupons.coupons[coupon.id] = coupon
+                self.coupons.held.append(
+                    UserCoupon(coupon.id, request.user_id, coupon.name, coupon.discount_rate, now, coupon.expired_at)
+                )
+        return settlement.outcomes
+
+
+async def issue_one(issuer: Issuer, event: PublishRequested, now: datetime) -> IssueOutcome:
+    """A single delivery: a batch of one."""
+    [outcome] = await issuer.issue_batch([event], now)
+    return outcome
+
+
+async def handle_one(service: IssuingService, event: PublishRequested) -> IssueOutcome:
+    """A single delivery through the issuing service: a batch of one."""
+    [outcome] = await service.handle_batch([event])
+    return outcome
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from couponrush.adapters.broker import free_port, port_open
+from couponrush.dev.broker import free_port, port_open
 from tests.support.polling import eventually
 
 

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from couponrush.adapters.broker import EmbeddedBroker, free_port
+from couponrush.dev.broker import EmbeddedBroker, free_port
 from tests.support.polling import eventually
 
 ADMIN_TOKEN = "e2e-admin-token"

@@ -20,9 +20,8 @@ async def make(
     quantity: int = 5,
     status: CouponStatus = CouponStatus.PUBLISHABLE,
     expires_in: float = 3600,
-    reserves: bool = True,
 ) -> tuple[Admission, FakeGate, FakeRequestLog, list[int]]:
-    gate, coupons, log = FakeGate(reserves=reserves), FakeCoupons(), FakeRequestLog()
+    gate, coupons, log = FakeGate(), FakeCoupons(), FakeRequestLog()
     coupon = await coupons.create(NewCoupon("c", Decimal("0.1"), quantity, status, NOW + timedelta(seconds=expires_in)))
     await gate.open(coupon, NOW, created=True)
     rebuilds: list[int] = []
@@ -112,23 +111,6 @@ async def test_a_gate_being_rebuilt_answers_unavailable() -> None:
     with pytest.raises(Unavailable):
         await admission.request(7, 1)
     assert log.accepted == []
-
-
-async def test_the_flag_gate_lets_everyone_through_while_the_flag_is_true() -> None:
-    admission, _, log, _ = await make(quantity=1, reserves=False)
-    await admission.request(7, 1)
-    await admission.request(7, 1)
-    await admission.request(8, 1)
-    assert len(log.accepted) == 3  # the over-acceptance the reserving gate removes
-
-
-async def test_the_flag_gate_restores_a_lost_flag_from_the_database_at_once() -> None:
-    admission, gate, log, rebuilds = await make(reserves=False)
-    gate.forget(1)
-    gate.rebuilding.clear()
-    await admission.request(7, 1)
-    assert len(log.accepted) == 1
-    assert rebuilds == []
 
 
 async def test_a_request_committed_before_its_error_stands_and_keeps_its_unit() -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import CouponStatus, NewCoupon, RejectReason, RequestStatus
 from couponrush.service.issuing import IssuingService
-from tests.support.fakes import FakeCoupons, FakeGate, FakeIssuer
+from tests.support.fakes import FakeCoupons, FakeGate, FakeIssuer, handle_one
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -29,21 +29,21 @@ def request(request_id: str, user_id: int, coupon_id: int = 1) -> PublishRequest
 
 async def test_issuing_with_stock_left_keeps_the_gate_open() -> None:
     service, gate, _ = await make(quantity=2)
-    outcome = await service.handle(request("r1", 1))
+    outcome = await handle_one(service, request("r1", 1))
     assert outcome.status is RequestStatus.ISSUED
     assert gate.closes == []
 
 
 async def test_issuing_the_last_one_closes_the_gate_as_sold_out() -> None:
     service, gate, _ = await make(quantity=1)
-    await service.handle(request("r1", 1))
+    await handle_one(service, request("r1", 1))
     assert gate.closes == [(1, RejectReason.SOLD_OUT)]
 
 
 async def test_a_refusal_for_stock_is_recorded_with_its_reason_and_closes_the_gate() -> None:
     service, gate, _ = await make(quantity=1)
-    await service.handle(request("r1", 1))
-    outcome = await service.handle(request("r2", 2))
+    await handle_one(service, request("r1", 1))
+    outcome = await handle_one(service, request("r2", 2))
     assert (outcome.status, outcome.reason) == (RequestStatus.REJECTED, RejectReason.SOLD_OUT)
     assert gate.closes[-1] == (1, RejectReason.SOLD_OUT)
 
@@ -53,7 +53,7 @@ async def test_a_refused_reserved_request_gives_its_unit_back() -> None:
     await gate.admit(1, 5, "r1", NOW)
     assert gate.stock[1] == 1
     coupons.coupons[1] = dataclasses.replace(coupons.coupons[1], expired_at=NOW)  # expired in between
-    outcome = await service.handle(request("r1", 5))
+    outcome = await handle_one(service, request("r1", 5))
     assert outcome.reason is RejectReason.EXPIRED
     assert gate.holders[1] == {}
     assert gate.stock[1] == 2
@@ -62,8 +62,8 @@ async def test_a_refused_reserved_request_gives_its_unit_back() -> None:
 async def test_a_duplicate_refusal_keeps_the_unit_the_users_coupon_holds() -> None:
     service, gate, _ = await make(quantity=3)
     await gate.admit(1, 5, "r1", NOW)
-    await service.handle(request("r1", 5))
-    outcome = await service.handle(request("r2", 5))  # slipped past a gate, refused by the database
+    await handle_one(service, request("r1", 5))
+    outcome = await handle_one(service, request("r2", 5))  # slipped past a gate, refused by the database
     assert outcome.reason is RejectReason.ALREADY_ISSUED
     assert gate.holders[1] == {5: "r1"}
     assert gate.stock[1] == 2
@@ -71,16 +71,16 @@ async def test_a_duplicate_refusal_keeps_the_unit_the_users_coupon_holds() -> No
 
 async def test_a_second_request_of_the_same_user_is_refused_as_a_duplicate() -> None:
     service, _, coupons = await make(quantity=5)
-    await service.handle(request("r1", 1))
-    outcome = await service.handle(request("r2", 1))
+    await handle_one(service, request("r1", 1))
+    outcome = await handle_one(service, request("r2", 1))
     assert outcome.reason is RejectReason.ALREADY_ISSUED
     assert len(coupons.held) == 1
 
 
 async def test_a_redelivered_request_changes_nothing() -> None:
     service, _, coupons = await make(quantity=5)
-    first = await service.handle(request("r1", 1))
-    again = await service.handle(request("r1", 1))
+    first = await handle_one(service, request("r1", 1))
+    again = await handle_one(service, request("r1", 1))
     assert again.replayed
     assert again.status is first.status
     assert coupons.coupons[1].issued_count == 1
@@ -89,7 +89,7 @@ async def test_a_redelivered_request_changes_nothing() -> None:
 async def test_a_gate_that_does_not_answer_does_not_undo_the_issue() -> None:
     service, gate, coupons = await make(quantity=1)
     gate.fail_closes = 2
-    outcome = await service.handle(request("r1", 1))
+    outcome = await handle_one(service, request("r1", 1))
     assert outcome.status is RequestStatus.ISSUED
     assert gate.closes == [(1, RejectReason.SOLD_OUT)]
     assert coupons.coupons[1].issued_count == 1

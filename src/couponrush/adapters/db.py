@@ -47,6 +47,11 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asy
     return pool
 
 
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection (for migrations and operator tools; services use the pool)."""
+    return await asyncpg.connect(normalize_dsn(url))
+
+
 async def ensure_database(url: str) -> bool:
     """Create the database named in ``url`` if it does not exist. True when it was created."""
     name = database_name(url)

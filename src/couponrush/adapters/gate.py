@@ -1,6 +1,4 @@
-"""The admission gate in Redis. Two kinds, selected by COUPONRUSH_ADMISSION:
-
-``reserve`` (default): one Lua script per request checks everything and, only then, reserves one
+"""The admission gate in Redis: one Lua script per request checks everything and, only then, reserves one
 unit for this user. Its keys carry the coupon id as a hash tag, so each script touches one Redis
 Cluster slot:
 
@@ -9,13 +7,11 @@ Cluster slot:
 - ``coupon:{id}:holders``: hash user id -> request id holding that user's unit (issued or pending).
   Releasing names the request, so a late or repeated release can never free another request's unit.
 
-``flag``: the report's gate, which reads ``coupon:available:{couponId}`` only (kept for comparison).
-
-Both keep the report's flag ``coupon:available:{couponId}`` (``true``/``false``) and two companions,
+The gate also keeps the report's flag ``coupon:available:{couponId}`` (``true``/``false``) and two companions,
 ``coupon:closed-reason:{couponId}`` and ``coupon:expires-at:{couponId}``. The flag lives in another
 cluster slot than the gate, so the reserving gate sets it right after its script (when the last unit
 is reserved, when a released unit reopens a sold-out coupon, when the gate closes or opens): it is a
-view for the report's readers and the flag gate; the reserving gate itself never reads it.
+view for the report's readers; the gate itself never reads it.
 """
 
 from __future__ import annotations
@@ -91,63 +87,6 @@ class ReportFlag:
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None:
         await self.redis.mset({available_key(coupon_id): "false", closed_reason_key(coupon_id): reason.value})
-
-
-@dataclass(frozen=True, slots=True)
-class RedisFlagGate:
-    """The report's gate: admit while ``coupon:available:{id}`` is ``true``. Reserves nothing."""
-
-    redis: Redis
-
-    @property
-    def reserves(self) -> bool:
-        return False
-
-    @property
-    def flag(self) -> ReportFlag:
-        return ReportFlag(self.redis)
-
-    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
-        flag, reason, expires_at = await self.redis.mget(
-            available_key(coupon_id), closed_reason_key(coupon_id), expires_at_key(coupon_id)
-        )
-        if flag is None:
-            return GateVerdict(GateState.MISSING)
-        if flag != b"true":
-            known = reason.decode() if reason else RejectReason.SOLD_OUT.value
-            return GateVerdict(GateState.CLOSED, RejectReason(known))
-        if expires_at is not None and _epoch_ms(now) >= int(expires_at):
-            await self.close(coupon_id, RejectReason.EXPIRED)
-            return GateVerdict(GateState.CLOSED, RejectReason.EXPIRED)
-        return GateVerdict(GateState.ADMITTED)
-
-    async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
-        return None  # nothing was reserved
-
-    async def open(self, coupon: Coupon, now: datetime, *, created: bool = False) -> bool:
-        await self.flag.set(coupon.id, coupon.closed_reason(now), _epoch_ms(coupon.expired_at))
-        return True
-
-    async def close(self, coupon_id: int, reason: RejectReason) -> None:
-        await self.flag.close(coupon_id, reason)
-
-    async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
-        if not coupon_ids:
-            return []
-        flags = await self.redis.mget([available_key(c) for c in coupon_ids])
-        return [c for c, flag in zip(coupon_ids, flags, strict=True) if flag is None]
-
-    async def begin_rebuild(self, coupon_id: int, token: str, now: datetime, lease_s: float) -> bool:
-        return True  # nothing reserved, nothing to fence
-
-    async def abort_rebuild(self, coupon_id: int, token: str) -> None:
-        return None
-
-    async def finish_rebuild(self, coupon_id: int, token: str, snapshot: GateSnapshot, now: datetime) -> bool:
-        coupon = snapshot.coupon
-        # Never re-open what a worker closed meanwhile: only fill in a missing flag.
-        await self.flag.set(coupon.id, coupon.closed_reason(now), _epoch_ms(coupon.expired_at), only_if_missing=True)
-        return True
 
 
 # KEYS: gate, holders. ARGV: user id, request id, now ms.
@@ -248,10 +187,6 @@ class RedisReservingGate:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_admit", self.redis.register_script(_ADMIT))
         object.__setattr__(self, "_release", self.redis.register_script(_RELEASE))
-
-    @property
-    def reserves(self) -> bool:
-        return True
 
     @property
     def flag(self) -> ReportFlag:

@@ -1,5 +1,6 @@
-"""Issuing requests in PostgreSQL: a whole batch in one transaction, or one request in one transaction.
+"""Issuing requests in PostgreSQL: a batch in one transaction (a single delivery is a batch of one).
 
+The adapter runs SQL; what to decide and what each delivery is told is ``domain.issuing.settle``.
 Correctness rests on the database, not on timing:
 - the coupon rows are locked (``FOR UPDATE``, in id order), so issues of one coupon are serialized;
 - ``user_coupons_one_per_user`` refuses a second copy even if every read above it were wrong;
@@ -20,15 +21,8 @@ from couponrush.adapters import outbox
 from couponrush.adapters.coupons import COUPON_COLUMNS, coupon_from_record
 from couponrush.adapters.db import Connection
 from couponrush.domain.events import Published, PublishRequested
-from couponrush.domain.model import (
-    Coupon,
-    Decision,
-    IssueOutcome,
-    PendingRequest,
-    RejectReason,
-    RequestStatus,
-    decide_in_order,
-)
+from couponrush.domain.issuing import RecordedRequest, Settlement, first_deliveries, settle, status_of
+from couponrush.domain.model import IssueOutcome, RejectReason, RequestStatus
 from couponrush.service.ports import OutboundMessage, UnprocessableEvent
 
 log = logging.getLogger(__name__)
@@ -52,21 +46,13 @@ class PostgresIssuer:
     pool: asyncpg.Pool
     published_topic: str
 
-    async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
-        try:
-            return await self._issue(event, now)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            # The database refuses this event's data itself: retrying can never succeed.
-            raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
-
     async def issue_batch(self, events: Sequence[PublishRequested], now: datetime) -> list[IssueOutcome]:
         """Decide every event in one transaction, in the given order; one outcome per event.
 
         Set-based: a handful of statements whatever the batch size (insert the request rows,
         lock requests and coupons, read who already holds what, then one insert of the issued
         coupons with ``ON CONFLICT DO NOTHING``, one conditional counter update per batch, one
-        update of the decisions and one outbox insert). The rules are applied in order by the pure
-        ``decide_in_order``, so the outcome equals issuing the events singly in this order.
+        update of the decisions and one outbox insert).
         """
         if not events:
             return []
@@ -75,14 +61,21 @@ class PostgresIssuer:
         except _BatchRaced as exc:
             # Unreachable while every issuer locks the coupon rows first; if it happens anyway,
             # the database's constraints were right and the batch's reads were not: redo singly.
+            if len(events) == 1:
+                raise  # retried by the worker's policy: the next try reads what the database holds
             log.warning("batch of %d raced (%s); issuing its requests one at a time", len(events), exc)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            # Some event's data is refused by the database: find which, one at a time.
+            # The database refuses this data itself: alone, retrying can never succeed; in a batch,
+            # find which event it is, one at a time.
+            if len(events) == 1:
+                raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
             log.warning("batch of %d refused by the database (%s); issuing one at a time", len(events), exc)
-        return [await self.issue(event, now) for event in events]
+        return [outcome for event in events for outcome in await self.issue_batch([event], now)]
 
     async def _issue_batch(self, events: Sequence[PublishRequested], now: datetime) -> list[IssueOutcome]:
         async with self.pool.acquire() as conn, conn.transaction():
+            # An event normally arrives with its request row already written at admission;
+            # registering it here too makes the worker correct for any well-formed event.
             await conn.execute(
                 "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
                 " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])"
@@ -98,18 +91,21 @@ class PostgresIssuer:
                 " WHERE request_id = ANY($1::text[]) ORDER BY request_id FOR UPDATE",
                 list({e.request_id for e in events}),
             )
-            requests = {r["request_id"]: r for r in rows}
-            pending: list[PendingRequest] = []
-            for request_id in dict.fromkeys(e.request_id for e in events):  # first delivery decides
-                row = requests[request_id]
-                if row["status"] == RequestStatus.PENDING:
-                    pending.append(PendingRequest(request_id, row["user_id"], row["coupon_id"]))
-            coupon_ids = sorted({r["coupon_id"] for r in rows})
+            recorded = {
+                r["request_id"]: RecordedRequest(
+                    r["request_id"],
+                    r["user_id"],
+                    r["coupon_id"],
+                    RequestStatus(r["status"]),
+                    None if r["reason"] is None else RejectReason(r["reason"]),
+                )
+                for r in rows
+            }
             coupon_rows = await conn.fetch(
                 f"SELECT {COUPON_COLUMNS} FROM coupons WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                coupon_ids,
+                sorted({r.coupon_id for r in recorded.values()}),
             )
-            coupons = {c.id: c for c in map(coupon_from_record, coupon_rows)}
+            pending = first_deliveries(events, recorded)
             held = await conn.fetch(
                 "SELECT uc.user_id, uc.coupon_id FROM user_coupons uc"
                 " JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, coupon_id)"
@@ -117,42 +113,21 @@ class PostgresIssuer:
                 [p.user_id for p in pending],
                 [p.coupon_id for p in pending],
             )
-            decisions = decide_in_order(pending, coupons, {(h["user_id"], h["coupon_id"]) for h in held}, now)
-            await self._write_decisions(conn, decisions, now)
-            final = dict(coupons)
-            for made in decisions:
-                if made.coupon is not None:
-                    final[made.coupon.id] = made.coupon
-            by_request = {d.request.request_id: d for d in decisions}
-            outcomes: list[IssueOutcome] = []
-            decided: set[str] = set()
-            for event in events:
-                row = requests[event.request_id]
-                decision = by_request.get(event.request_id)
-                if decision is not None and event.request_id not in decided:
-                    decided.add(event.request_id)
-                    outcomes.append(_outcome(decision, final.get(decision.request.coupon_id)))
-                    continue
-                # Decided before this batch, or an earlier copy in it decided it: a replay.
-                status = RequestStatus(row["status"]) if decision is None else _status(decision)
-                reason = row["reason"] if decision is None else decision.reason
-                outcomes.append(
-                    IssueOutcome(
-                        request_id=event.request_id,
-                        user_id=row["user_id"],
-                        coupon_id=row["coupon_id"],
-                        status=status,
-                        reason=None if reason is None else RejectReason(reason),
-                        coupon=final.get(row["coupon_id"]),
-                        replayed=True,
-                    )
-                )
-            return outcomes
+            settlement = settle(
+                events,
+                recorded,
+                {c.id: c for c in map(coupon_from_record, coupon_rows)},
+                {(h["user_id"], h["coupon_id"]) for h in held},
+                now,
+            )
+            await self._write(conn, settlement, now)
+            return settlement.outcomes
 
-    async def _write_decisions(self, conn: Connection, decisions: Sequence[Decision], now: datetime) -> None:
+    async def _write(self, conn: Connection, settlement: Settlement, now: datetime) -> None:
+        decisions = settlement.decisions
         if not decisions:
             return
-        issued = [d for d in decisions if d.issued]
+        issued = settlement.issued
         if issued:
             inserted = await conn.fetch(
                 "INSERT INTO user_coupons (user_id, coupon_id, request_id, issued_at)"
@@ -203,138 +178,7 @@ class PostgresIssuer:
             " FROM unnest($1::text[], $2::text[], $3::text[]) AS d(id, status, reason)"
             " WHERE r.request_id = d.id",
             [d.request.request_id for d in decisions],
-            [_status(d).value for d in decisions],
+            [status_of(d).value for d in decisions],
             [None if d.reason is None else d.reason.value for d in decisions],
             now,
         )
-
-    async def _issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
-        async with self.pool.acquire() as conn, conn.transaction():
-            # An event normally arrives with its request row already written at admission;
-            # registering it here too makes the worker correct for any well-formed event.
-            await conn.execute(
-                "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-                event.request_id,
-                event.user_id,
-                event.coupon_id,
-                event.requested_at,
-            )
-            request = await conn.fetchrow(
-                "SELECT user_id, coupon_id, status, reason FROM coupon_requests WHERE request_id = $1 FOR UPDATE",
-                event.request_id,
-            )
-            assert request is not None
-            user_id: int = request["user_id"]
-            coupon_id: int = request["coupon_id"]
-            if request["status"] != RequestStatus.PENDING:
-                return await self._replayed(conn, event.request_id, request)
-
-            record = await conn.fetchrow(f"SELECT {COUPON_COLUMNS} FROM coupons WHERE id = $1 FOR UPDATE", coupon_id)
-            if record is None:
-                return await self._reject(
-                    conn, event.request_id, user_id, coupon_id, None, RejectReason.UNKNOWN_COUPON, now
-                )
-            coupon = coupon_from_record(record)
-            already_holds = bool(
-                await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM user_coupons WHERE user_id = $1 AND coupon_id = $2)",
-                    user_id,
-                    coupon_id,
-                )
-            )
-            reason = coupon.issue_decision(already_holds=already_holds, now=now)
-            if reason is not None:
-                return await self._reject(conn, event.request_id, user_id, coupon_id, coupon, reason, now)
-
-            inserted = await conn.fetchval(
-                "INSERT INTO user_coupons (user_id, coupon_id, request_id, issued_at)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT ON CONSTRAINT user_coupons_one_per_user DO NOTHING"
-                " RETURNING id",
-                user_id,
-                coupon_id,
-                event.request_id,
-                now,
-            )
-            if inserted is None:  # the constraint caught what the read did not
-                return await self._reject(
-                    conn, event.request_id, user_id, coupon_id, coupon, RejectReason.ALREADY_ISSUED, now
-                )
-            await conn.execute("UPDATE coupons SET issued_count = issued_count + 1 WHERE id = $1", coupon_id)
-            coupon = coupon.after_issuing_one()
-            await conn.execute(
-                "UPDATE coupon_requests SET status = 'ISSUED', decided_at = $2 WHERE request_id = $1",
-                event.request_id,
-                now,
-            )
-            published = Published(
-                request_id=event.request_id,
-                user_id=user_id,
-                coupon_id=coupon_id,
-                issued_at=now,
-                issued_count=coupon.issued_count,
-                quantity=coupon.quantity,
-            )
-            await outbox.enqueue(conn, published_message(self.published_topic, published))
-            return IssueOutcome(
-                request_id=event.request_id,
-                user_id=user_id,
-                coupon_id=coupon_id,
-                status=RequestStatus.ISSUED,
-                reason=None,
-                coupon=coupon,
-            )
-
-    @staticmethod
-    async def _reject(
-        conn: Connection,
-        request_id: str,
-        user_id: int,
-        coupon_id: int,
-        coupon: Coupon | None,
-        reason: RejectReason,
-        now: datetime,
-    ) -> IssueOutcome:
-        await conn.execute(
-            "UPDATE coupon_requests SET status = 'REJECTED', reason = $2, decided_at = $3 WHERE request_id = $1",
-            request_id,
-            reason.value,
-            now,
-        )
-        return IssueOutcome(
-            request_id=request_id,
-            user_id=user_id,
-            coupon_id=coupon_id,
-            status=RequestStatus.REJECTED,
-            reason=reason,
-            coupon=coupon,
-        )
-
-    @staticmethod
-    async def _replayed(conn: Connection, request_id: str, request: asyncpg.Record) -> IssueOutcome:
-        record = await conn.fetchrow(f"SELECT {COUPON_COLUMNS} FROM coupons WHERE id = $1", request["coupon_id"])
-        return IssueOutcome(
-            request_id=request_id,
-            user_id=request["user_id"],
-            coupon_id=request["coupon_id"],
-            status=RequestStatus(request["status"]),
-            reason=None if request["reason"] is None else RejectReason(request["reason"]),
-            coupon=None if record is None else coupon_from_record(record),
-            replayed=True,
-        )
-
-
-def _status(decision: Decision) -> RequestStatus:
-    return RequestStatus.ISSUED if decision.issued else RequestStatus.REJECTED
-
-
-def _outcome(decision: Decision, coupon: Coupon | None) -> IssueOutcome:
-    """The outcome of a decision, carrying the coupon as it stands after the whole batch."""
-    return IssueOutcome(
-        request_id=decision.request.request_id,
-        user_id=decision.request.user_id,
-        coupon_id=decision.request.coupon_id,
-        status=_status(decision),
-        reason=decision.reason,
-        coupon=coupon,
-    )

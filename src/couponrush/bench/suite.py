@@ -406,7 +406,7 @@ async def _insert_legacy_coupon(system: BenchSystem, quantity: int) -> int:
 
 
 async def _wait_for_port(port: int) -> None:
-    from couponrush.adapters.broker import port_open
+    from couponrush.dev.broker import port_open
 
     deadline = time.monotonic() + 30
     while not port_open("127.0.0.1", port):

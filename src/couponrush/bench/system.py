@@ -22,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from redis.asyncio import Redis
 
-from couponrush.adapters.broker import EmbeddedBroker, free_port, port_open
 from couponrush.adapters.db import normalize_dsn
+from couponrush.dev.broker import EmbeddedBroker, free_port, port_open
 
 BENCH_ADMIN_TOKEN = "bench-admin-token"
 

@@ -98,3 +98,8 @@ def pending_switch(versions: list[TopicVersion]) -> tuple[TopicVersion, TopicVer
     if active is None or pending is None:
         return None
     return active, pending
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic that parks what could not be processed from ``topic``."""
+    return f"{topic}.dlq"

@@ -19,7 +19,6 @@ from typing import Protocol
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import Coupon, GateSnapshot, IssueOutcome, RejectReason, RequestStatus
 from couponrush.observability import metrics, tracing
-from couponrush.observability.context import bound_request_id
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import (
     DeadLetters,
@@ -42,10 +41,6 @@ class TimedGate:
     """Times every admission check (``couponrush_gate_admit_seconds``); everything else passes through."""
 
     inner: Gate
-
-    @property
-    def reserves(self) -> bool:
-        return self.inner.reserves
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
         started = time.perf_counter()
@@ -169,32 +164,20 @@ class ObservedIssuing(IssuingService):
 
     records: HeadersOf = field(default_factory=_NoHeaders)
 
-    async def handle(self, event: PublishRequested) -> IssueOutcome:
-        with (
-            bound_request_id(event.request_id),
-            tracing.span(
-                "couponrush.issue",
-                parent_headers=self.records.headers_of(event.request_id),
-                kind="CONSUMER",
-                attributes={"couponrush.request_id": event.request_id, "couponrush.coupon_id": event.coupon_id},
-            ) as span,
-        ):
-            # Not super(): a slots dataclass breaks zero-argument super().
-            outcome = await IssuingService.handle(self, event)
-            _count(event, outcome, datetime.now(UTC))
-            tracing.set_attribute(span, "couponrush.status", outcome.status.value)
-            return outcome
-
     async def handle_batch(self, events: Sequence[PublishRequested]) -> list[IssueOutcome]:
-        # One span for the batch, joined to the trace of its first request; each request's id is on
-        # the service's own log lines about it.
-        first = events[0].request_id if events else ""
+        # One span for the batch (a single record is a batch of one), joined to the trace of its first
+        # request; each request's id is on the service's own log lines about it.
+        first = events[0] if events else None
         with tracing.span(
-            "couponrush.issue_batch",
-            parent_headers=self.records.headers_of(first),
+            "couponrush.issue",
+            parent_headers=self.records.headers_of(first.request_id if first else ""),
             kind="CONSUMER",
-            attributes={"couponrush.batch_size": len(events), "couponrush.first_request_id": first},
-        ):
+            attributes={
+                "couponrush.batch_size": len(events),
+                "couponrush.request_id": first.request_id if first else "",
+                "couponrush.coupon_id": first.coupon_id if first else 0,
+            },
+        ) as span:
             outcomes = await IssuingService.handle_batch(self, events)
             now = datetime.now(UTC)
             decisions: Counter[tuple[str, str]] = Counter()
@@ -206,17 +189,9 @@ class ObservedIssuing(IssuingService):
                     metrics.TIME_TO_ISSUE_SECONDS.observe(max(0.0, (now - event.requested_at).total_seconds()))
             for (status, reason), count in decisions.items():  # one counter update per kind, not per record
                 metrics.ISSUE_DECISIONS.labels(status, reason).inc(count)
+            if outcomes:  # the first request's, as the span's other attributes
+                tracing.set_attribute(span, "couponrush.status", outcomes[0].status.value)
             return outcomes
-
-
-def _count(event: PublishRequested, outcome: IssueOutcome, now: datetime) -> None:
-    """A first decision is counted by status and reason; an issue's time since acceptance is measured."""
-    if outcome.replayed:
-        return
-    reason = outcome.reason.value if outcome.reason is not None else "OK"
-    metrics.ISSUE_DECISIONS.labels(outcome.status.value, reason).inc()
-    if outcome.status is RequestStatus.ISSUED:
-        metrics.TIME_TO_ISSUE_SECONDS.observe(max(0.0, (now - event.requested_at).total_seconds()))
 
 
 class LagSource(Protocol):

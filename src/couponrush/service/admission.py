@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from couponrush.domain.events import PublishRequested
-from couponrush.domain.model import GateSnapshot, RejectReason
+from couponrush.domain.model import RejectReason
 from couponrush.service.clock import Clock, utcnow
 from couponrush.service.ports import CouponStore, Gate, GateState, GateVerdict, NotRecorded, RequestLog
 
@@ -117,13 +117,9 @@ class Admission:
         coupon = await self.coupons.get(coupon_id)
         if coupon is None:
             raise Refused(coupon_id, RejectReason.UNKNOWN_COUPON)
-        if self.gate.reserves:
-            # Redis lost this coupon's reservations: admitting now could sell a unit twice.
-            self.schedule_rebuild(coupon_id)
-            raise Unavailable("admission to this coupon is being restored; try again in a few seconds")
-        # The flag gate reserves nothing: restore the flag from the database and ask again.
-        await self.gate.finish_rebuild(coupon_id, "", GateSnapshot(coupon, {}), self.clock())
-        return await self.gate.admit(coupon_id, user_id, request_id, self.clock())
+        # Redis lost this coupon's reservations: admitting now could sell a unit twice.
+        self.schedule_rebuild(coupon_id)
+        raise Unavailable("admission to this coupon is being restored; try again in a few seconds")
 
     async def _give_back(self, coupon_id: int, user_id: int, request_id: str) -> None:
         try:

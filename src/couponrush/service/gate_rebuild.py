@@ -44,8 +44,7 @@ class GateRebuilder:
         if not await self.gate.begin_rebuild(coupon_id, token, self.clock(), self.lease_s):
             return False
         try:
-            if self.gate.reserves:
-                await asyncio.sleep(self.grace_s)
+            await asyncio.sleep(self.grace_s)
             snapshot = await self.snapshots.snapshot(coupon_id)
             finished = snapshot is not None and await self.gate.finish_rebuild(coupon_id, token, snapshot, self.clock())
         except BaseException:

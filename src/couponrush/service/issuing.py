@@ -1,4 +1,4 @@
-"""Issuing: one transaction per request, then (after commit, never before) close the gate if the coupon is done."""
+"""Issuing: one transaction per batch of requests; after commit (never before) close the gate if a coupon is done."""
 
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ class IssuingService:
     issuer: Issuer
     gate: Gate
     clock: Clock = field(default=utcnow)
-
-    async def handle(self, event: PublishRequested) -> IssueOutcome:
-        """Issue or refuse one request in its own transaction (the report's way)."""
-        outcome = await self.issuer.issue(event, self.clock())
-        await self._after_commit([event], [outcome])
-        return outcome
 
     async def handle_batch(self, events: Sequence[PublishRequested]) -> list[IssueOutcome]:
         """Issue or refuse every request in one transaction, in order; the same rules per request."""

@@ -69,12 +69,7 @@ class GateVerdict:
 
 
 class Gate(Protocol):
-    """The fast admission check in front of the pipeline (Redis)."""
-
-    @property
-    def reserves(self) -> bool:
-        """True when admit() reserves a unit that must be released if the request does not go through."""
-        ...
+    """The fast admission check in front of the pipeline (Redis): admitting reserves one unit for the request."""
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict: ...
 
@@ -154,10 +149,6 @@ class RequestLog(Protocol):
 
 
 class Issuer(Protocol):
-    async def issue(self, event: PublishRequested, now: datetime) -> IssueOutcome:
-        """Decide and record one request in one transaction. Idempotent per request id."""
-        ...
-
     async def issue_batch(self, events: Sequence[PublishRequested], now: datetime) -> list[IssueOutcome]:
         """Decide and record every event in one transaction, in order: the outcome of issuing them singly
         in that order, one outcome per event (a repeated request id is a replay). Idempotent per request id.

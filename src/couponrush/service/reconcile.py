@@ -133,8 +133,6 @@ class Reconciler:
         snapshot = await self.snapshots.snapshot(coupon_id)
         if snapshot is None:
             return None
-        if not self.rebuilder.gate.reserves:
-            return set(), set(), snapshot.coupon.quantity  # the flag gate holds no reservations to compare
         view = await self.inspector.inspect(coupon_id)
         sure, diffs = _gate_problems(view, snapshot.reservations, snapshot.coupon.quantity)
         return sure, diffs, snapshot.coupon.quantity

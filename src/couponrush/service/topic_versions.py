@@ -26,7 +26,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from couponrush.config import dlq_topic
 from couponrush.domain.topic_versions import (
     EVENT_TYPE_HEADER,
     SWITCH_MARKER_TYPE,
@@ -34,6 +33,7 @@ from couponrush.domain.topic_versions import (
     VersionState,
     active_topic,
     consumed_version,
+    dlq_topic,
     parse_topic,
     pending_switch,
     versioned,

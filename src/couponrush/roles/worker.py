@@ -1,0 +1,71 @@
+"""The worker process: join the consumer group once the broker answers, then issue, close expired gates,
+sample the consumer lag and reconcile the gates with the database on a schedule, until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from couponrush.observability.instrument import LagSource, sample_consumer_lag
+from couponrush.service.expiry import close_expired_gates
+from couponrush.service.ports import Gate, GateSnapshots
+from couponrush.service.reconcile import Reconciler, reconcile_periodically
+from couponrush.service.signals import sleep_unless
+
+log = logging.getLogger(__name__)
+
+
+class GroupMember(Protocol):
+    async def start(self) -> None:
+        """Make sure the topics exist and join the group; raises while the broker is away."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Issuer(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    source: GroupMember
+    worker: Issuer
+    snapshots: GateSnapshots
+    gate: Gate
+    reconciler: Reconciler
+    lag: LagSource
+    reconcile_interval_s: float = 60.0
+    expiry_interval_s: float = 1.0
+    retry_pause_s: float = 1.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not await self._join(stop):
+            return
+        # Reconciliation may be mid-rebuild when we are asked to stop: cancel it (the rebuild lifts its fence).
+        reconciling = asyncio.create_task(
+            reconcile_periodically(self.reconciler, stop, interval_s=self.reconcile_interval_s)
+        )
+        try:
+            await asyncio.gather(
+                self.worker.run(stop),
+                close_expired_gates(self.snapshots, self.gate, stop, interval_s=self.expiry_interval_s),
+                sample_consumer_lag(self.lag, stop),
+            )
+        finally:
+            reconciling.cancel()
+            await asyncio.gather(reconciling, return_exceptions=True)
+            await self.source.close()
+
+    async def _join(self, stop: asyncio.Event) -> bool:
+        """Subscribe only once the topics exist, so the consumer never waits a metadata refresh for them."""
+        while not stop.is_set():
+            try:
+                await self.source.start()
+                return True
+            except Exception as exc:
+                log.warning("broker not reachable yet (%s); retrying in %.0fs", exc, self.retry_pause_s)
+                await sleep_unless(stop, self.retry_pause_s)
+        return False
