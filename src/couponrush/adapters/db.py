@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
 import logging
@@ -11,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from couponrush.config import redacted
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,24 @@ def _with_database(url: str, name: str) -> str:
 
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(normalize_dsn(url), min_size=min_size, max_size=max_size, command_timeout=30)
+    """A pool that exists even while PostgreSQL does not answer (roles start, readiness says why).
+
+    Connections are made on demand (asyncpg's ``min_size=0`` opens none up front); ``min_size`` of
+    them are opened now if PostgreSQL answers, so the first requests don't pay for connecting.
+    """
+    pool = await asyncpg.create_pool(normalize_dsn(url), min_size=0, max_size=max_size, command_timeout=30)
     assert pool is not None
+    try:
+        async with asyncio.timeout(5):
+            held = [await pool.acquire() for _ in range(min(min_size, max_size))]
+            for conn in held:
+                await pool.release(conn)
+    except Exception as exc:
+        log.warning(
+            "PostgreSQL at %s (COUPONRUSH_DATABASE_URL) does not answer yet (%s); connecting on demand",
+            redacted(url),
+            exc,
+        )
     return pool
 
 

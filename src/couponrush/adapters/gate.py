@@ -21,11 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import redis.exceptions
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from couponrush.domain.model import Coupon, GateSnapshot, RejectReason
-from couponrush.service.ports import GateState, GateVerdict
+from couponrush.service.logs import failed
+from couponrush.service.ports import GateState, GateUnreachable, GateVerdict
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,11 @@ def gate_key(coupon_id: int) -> str:
 
 def holders_key(coupon_id: int) -> str:
     return f"coupon:{{{coupon_id}}}:holders"
+
+
+def _never_connected(exc: redis.exceptions.ConnectionError) -> bool:
+    """redis-py's words for a connection that was never made (so no command was sent)."""
+    return "connecting to" in str(exc)
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -193,17 +200,22 @@ class RedisReservingGate:
         return ReportFlag(self.redis)
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
-        answer = await self._admit(
-            keys=(gate_key(coupon_id), holders_key(coupon_id)), args=(user_id, request_id, _epoch_ms(now))
-        )
+        try:
+            answer = await self._admit(
+                keys=(gate_key(coupon_id), holders_key(coupon_id)), args=(user_id, request_id, _epoch_ms(now))
+            )
+        except redis.exceptions.ConnectionError as exc:
+            if _never_connected(exc):
+                raise GateUnreachable(f"Redis is unreachable: {exc}") from exc
+            raise
         state = answer[0].decode()
         if state == "ADMITTED":
             if int(answer[1]) == 0:  # this request took the last unit: the report's flag turns false now
                 try:
                     await self.flag.close(coupon_id, RejectReason.SOLD_OUT)
-                except Exception:
+                except Exception as exc:
                     # The unit is reserved; the flag is only a view, and the worker sets it after commit.
-                    log.warning("could not turn the flag of coupon %s false", coupon_id, exc_info=True)
+                    failed(log, exc, "could not turn the flag of coupon %s false", coupon_id)
             return GateVerdict(GateState.ADMITTED)
         if state == "CLOSED":
             reason = RejectReason(answer[1].decode())

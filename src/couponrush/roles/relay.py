@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from couponrush.service.logs import failed
 from couponrush.service.ports import EventSink, OutboxStore, StuckRequests
 from couponrush.service.redrive import redrive_stuck_requests
 from couponrush.service.relay import run_relay
@@ -61,8 +62,8 @@ class RelayRole:
                         log.warning("lost the relay lock's connection; re-acquiring")
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("relay failed; restarting in %.0fs", self.retry_pause_s)
+            except Exception as exc:
+                failed(log, exc, "relay failed; restarting in %.0fs", self.retry_pause_s)
                 await sleep_unless(stop, self.retry_pause_s)
 
     async def _tenure(self, stop: asyncio.Event, lost: asyncio.Event) -> None:

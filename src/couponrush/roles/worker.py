@@ -11,7 +11,7 @@ from typing import Protocol
 from couponrush.observability.instrument import LagSource, sample_consumer_lag
 from couponrush.service.expiry import close_expired_gates
 from couponrush.service.ports import Gate, GateSnapshots
-from couponrush.service.reconcile import Reconciler, reconcile_periodically
+from couponrush.service.reconcile import Reconciles, reconcile_periodically
 from couponrush.service.signals import sleep_unless
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class WorkerRole:
     worker: Issuer
     snapshots: GateSnapshots
     gate: Gate
-    reconciler: Reconciler
+    reconciler: Reconciles
     lag: LagSource
     reconcile_interval_s: float = 60.0
     expiry_interval_s: float = 1.0

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import RejectReason
 from couponrush.service.clock import Clock, utcnow
-from couponrush.service.ports import CouponStore, Gate, GateState, GateVerdict, NotRecorded, RequestLog
+from couponrush.service.logs import failed
+from couponrush.service.ports import (
+    CouponStore,
+    Gate,
+    GateState,
+    GateUnreachable,
+    GateVerdict,
+    NotRecorded,
+    RequestLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +64,13 @@ class Admission:
                 verdict = await self._gate_missing(user_id, coupon_id, request_id)
         except (Refused, Unavailable):
             raise
+        except GateUnreachable as exc:
+            log.warning("admission is unavailable (%s); refused request %s with 503", exc, request_id)
+            raise Unavailable("admission is unavailable right now; nothing was accepted, try again") from exc
         except Exception as exc:
             # Redis failed, maybe after the script reserved (a lost reply): give back whatever this
             # request may hold (release names the request, so this is safe if it holds nothing).
-            log.exception("gate failed for request %s", request_id)
+            log.warning("gate failed for request %s (%r); giving back whatever it may hold", request_id, exc)
             await self._give_back(coupon_id, user_id, request_id)
             raise Unavailable("admission is unavailable right now; nothing was accepted, try again") from exc
         if verdict.state is GateState.REBUILDING:
@@ -85,11 +97,11 @@ class Admission:
                 log.warning("request %s was recorded despite an error (%s); it stands", request_id, exc)
                 return event
             if recorded is False:
-                log.exception("could not record request %s; giving its reservation back", request_id)
+                failed(log, exc, "could not record request %s; giving its reservation back", request_id)
                 await self._give_back(coupon_id, user_id, request_id)
             else:
                 # Unknown: keep the unit (never sell it twice). A gate rebuild settles it from the database.
-                log.exception("could not record request %s, nor tell whether it was; keeping its unit", request_id)
+                failed(log, exc, "could not record request %s, nor tell whether it was; keeping its unit", request_id)
             raise Unavailable("the request could not be recorded; nothing was accepted, try again") from exc
         return event
 
@@ -124,7 +136,7 @@ class Admission:
     async def _give_back(self, coupon_id: int, user_id: int, request_id: str) -> None:
         try:
             await self.gate.release(coupon_id, user_id, request_id)
-        except Exception:
+        except Exception as exc:
             # Redis is away too: the unit stays reserved until the gate is rebuilt from the
             # database, which does not count this request (it was never recorded).
-            log.exception("could not give back the reservation of request %s", request_id)
+            log.warning("could not give back the reservation of request %s: %r", request_id, exc)

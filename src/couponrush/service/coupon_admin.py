@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from couponrush.domain.model import Coupon, CouponStatus, NewCoupon, RejectReason
 from couponrush.service.clock import Clock, utcnow
+from couponrush.service.logs import failed
 from couponrush.service.ports import CouponStore, Gate
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,9 @@ class CouponAdmin:
                 # Redis holds a gate under this id already (a database reset under a live Redis):
                 # it is not this coupon's; rebuild it from the database.
                 self.schedule_rebuild(coupon.id)
-        except Exception:
+        except Exception as exc:
             # The coupon exists; its first request finds no gate and has it rebuilt from the database.
-            log.warning("coupon %s created but its gate could not be opened yet", coupon.id, exc_info=True)
+            failed(log, exc, "coupon %s created but its gate could not be opened yet", coupon.id)
         return coupon
 
     async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from couponrush.domain.events import PublishRequested
+from couponrush.service.logs import failed
 from couponrush.service.ports import DeadLetterLedger, DeadLetters, Gate, InboundRecord
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ class ReleasingDeadLetters:
             if await self.ledger.mark_dead_lettered(event.request_id, f"{reason}: {error}"[:2000]):
                 await self.gate.release(event.coupon_id, event.user_id, event.request_id)
                 log.warning("released the reservation of dead-lettered request %s", event.request_id)
-        except Exception:
-            log.exception("could not release dead-lettered request %s; reconcile will", event.request_id)
+        except Exception as exc:
+            failed(log, exc, "could not release dead-lettered request %s; reconcile will", event.request_id)
         return True
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from couponrush.domain.model import RejectReason
 from couponrush.service.clock import Clock, utcnow
+from couponrush.service.logs import failed
 from couponrush.service.ports import Gate, GateSnapshots
 from couponrush.service.signals import sleep_unless
 
@@ -35,7 +36,7 @@ async def close_expired_gates(
                 await gate.close(coupon_id, RejectReason.EXPIRED)
                 log.info("coupon %s expired; its gate is closed", coupon_id)
             since = now
-        except Exception:
-            log.exception("could not close expired gates; retrying")
+        except Exception as exc:
+            failed(log, exc, "could not close expired gates; retrying")
         if await sleep_unless(stop, interval_s):
             return

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from couponrush.service.clock import Clock, utcnow
+from couponrush.service.logs import failed
 from couponrush.service.ports import Gate, GateSnapshots
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,8 @@ class GateRebuilder:
     async def _rebuild_logged(self, coupon_id: int) -> bool:
         try:
             return await self.rebuild(coupon_id)
-        except Exception:
-            log.exception("rebuilding the gate of coupon %s failed; the next request retries", coupon_id)
+        except Exception as exc:
+            failed(log, exc, "rebuilding the gate of coupon %s failed; the next request retries", coupon_id)
             return False
 
     async def rebuild_all(self) -> dict[int, bool]:

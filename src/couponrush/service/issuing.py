@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import IssueOutcome, RejectReason, RequestStatus
 from couponrush.service.clock import Clock, utcnow
+from couponrush.service.logs import failed
 from couponrush.service.ports import Gate, Issuer
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,10 @@ class IssuingService:
     async def _release(self, event: PublishRequested) -> None:
         try:
             await self.gate.release(event.coupon_id, event.user_id, event.request_id)
-        except Exception:
+        except Exception as exc:
             # The refusal is committed; the unit stays reserved until the gate is rebuilt from
             # the database (which does not count refused requests).
-            log.exception("could not release the reservation of request %s", event.request_id)
+            failed(log, exc, "could not release the reservation of request %s", event.request_id)
 
     async def _close_gate(self, coupon_id: int, reason: RejectReason) -> None:
         for attempt in range(5):

@@ -68,10 +68,16 @@ class GateVerdict:
     reason: RejectReason | None = None
 
 
+class GateUnreachable(Exception):
+    """The gate's store could not be reached at all: nothing ran, so nothing was reserved."""
+
+
 class Gate(Protocol):
     """The fast admission check in front of the pipeline (Redis): admitting reserves one unit for the request."""
 
-    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict: ...
+    async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
+        """Raises ``GateUnreachable`` when certainly nothing ran; any other failure may have reserved."""
+        ...
 
     async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
         """Give back the unit reserved for exactly this request (no-op if it holds none)."""

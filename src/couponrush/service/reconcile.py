@@ -24,6 +24,7 @@ from typing import Protocol
 
 from couponrush.service.clock import Clock, utcnow
 from couponrush.service.gate_rebuild import GateRebuilder
+from couponrush.service.logs import failed
 from couponrush.service.ports import GateSnapshots
 from couponrush.service.signals import sleep_unless
 
@@ -165,7 +166,11 @@ class Reconciler:
         return reports
 
 
-async def reconcile_periodically(reconciler: Reconciler, stop: asyncio.Event, *, interval_s: float) -> None:
+class Reconciles(Protocol):
+    async def reconcile(self) -> list[CouponReport]: ...
+
+
+async def reconcile_periodically(reconciler: Reconciles, stop: asyncio.Event, *, interval_s: float) -> None:
     """Reconcile every ``interval_s`` until ``stop`` (0 disables). Failures are logged and retried next time."""
     if interval_s <= 0:
         return
@@ -177,5 +182,5 @@ async def reconcile_periodically(reconciler: Reconciler, stop: asyncio.Event, *,
                 log.warning("reconcile repaired the gate of coupon(s) %s", repaired)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("reconcile pass failed; next in %.0fs", interval_s)
+        except Exception as exc:
+            failed(log, exc, "reconcile pass failed; next in %.0fs", interval_s)

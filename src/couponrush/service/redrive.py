@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from couponrush.service.logs import failed
 from couponrush.service.ports import StuckRequests
 from couponrush.service.signals import sleep_unless
 
@@ -26,7 +27,7 @@ async def redrive_stuck_requests(
             count = await requests.redrive_stuck(after_s, batch_size)
             if count:
                 log.warning("re-drove %d request(s) still pending after %.0fs", count, after_s)
-        except Exception:
-            log.exception("re-drive pass failed; retrying")
+        except Exception as exc:
+            failed(log, exc, "re-drive pass failed; retrying")
         if await sleep_unless(stop, interval):
             return

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from couponrush.service.logs import failed
 from couponrush.service.ports import EventSink, OutboxStore
 from couponrush.service.signals import sleep_unless
 
@@ -55,8 +56,8 @@ async def run_relay(
             result = await relay_once(outbox, sink, batch_size)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("relay pass failed; retrying in %.1fs", backoff)
+        except Exception as exc:
+            failed(log, exc, "relay pass failed; retrying in %.1fs", backoff)
             result = RelayPass(0, 1)
         if result.failed:
             if await sleep_unless(stop, backoff):

@@ -38,6 +38,7 @@ from couponrush.domain.topic_versions import (
     pending_switch,
     versioned,
 )
+from couponrush.service.logs import failed
 from couponrush.service.ports import (
     InboundRecord,
     OutboundMessage,
@@ -143,8 +144,8 @@ class TopicRouter:
                 await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("topic version step failed; retrying")
+            except Exception as exc:
+                failed(log, exc, "topic version step failed; retrying")
             if await sleep_unless(stop, interval_s):
                 return
 
@@ -206,8 +207,8 @@ class VersionedSource:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("could not check the topic versions; still reading %s", self._reading)
+            except Exception as exc:
+                failed(log, exc, "could not check the topic versions; still reading %s", self._reading)
         await self._settle_markers()
         records: list[InboundRecord] = []
         for record in await self.inner.next_batch(max_records, timeout):
@@ -245,8 +246,8 @@ class VersionedSource:
                 whole = await self.store.mark_drained(name.family, name.version, partition, marker.offset)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("could not record %s[%d] drained; will retry", topic, partition)
+            except Exception as exc:
+                failed(log, exc, "could not record %s[%d] drained; will retry", topic, partition)
                 continue
             del self._markers[key]
             log.info("drained %s[%d] up to its switch marker at offset %d", topic, partition, marker.offset)

@@ -11,12 +11,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from couponrush.bootstrap import Services, open_services
 from couponrush.config import Settings
-from couponrush.entrypoints.api import answers, envelope
+from couponrush.entrypoints.api import envelope, publish
 from couponrush.entrypoints.api.deps import AdminRequired, NoRequest, UserRequired
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
@@ -42,7 +42,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path.endswith("/coupons/publish"):
             counters.PUBLISH_REQUESTS.labels("invalid", "INVALID_REQUEST").inc()
         errors = [
@@ -56,34 +56,34 @@ def _install_error_handlers(app: FastAPI) -> None:
         return envelope.error(400, _validation_message(list(exc.errors())), "INVALID_REQUEST", errors)
 
     @app.exception_handler(Refused)
-    async def _refused(_: Request, exc: Refused) -> JSONResponse:
-        return answers.refused(exc)
+    async def _refused(_: Request, exc: Refused) -> Response:
+        return publish.refused(exc).response()
 
     @app.exception_handler(Unavailable)
-    async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
-        return answers.unavailable(exc)
+    async def _unavailable(_: Request, exc: Unavailable) -> Response:
+        return publish.unavailable(exc).response()
 
     @app.exception_handler(NoRequest)
-    async def _no_request(_: Request, exc: NoRequest) -> JSONResponse:
+    async def _no_request(_: Request, exc: NoRequest) -> Response:
         return envelope.error(404, str(exc), "NO_REQUEST")
 
     @app.exception_handler(AdminRequired)
-    async def _unauthorized(_: Request, exc: AdminRequired) -> JSONResponse:
+    async def _unauthorized(_: Request, exc: AdminRequired) -> Response:
         return envelope.error(401, exc.message, "UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(UserRequired)
-    async def _user_required(_: Request, exc: UserRequired) -> JSONResponse:
+    async def _user_required(_: Request, exc: UserRequired) -> Response:
         reason = "UNAUTHORIZED" if exc.status == 401 else "FORBIDDEN"
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return envelope.error(exc.status, exc.message, reason, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         reason = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return envelope.error(exc.status_code, str(exc.detail), reason, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return envelope.error(500, "internal error", "INTERNAL_ERROR")
 
@@ -102,8 +102,8 @@ async def _restore_missing_gates(services: Services) -> None:
         ids = await services.snapshots.open_coupon_ids(utcnow())
         for coupon_id in await services.gate.missing(ids):
             services.rebuilder.schedule(coupon_id)
-    except Exception:
-        log.exception("could not check the gates at start-up; requests will restore them one by one")
+    except Exception as exc:
+        log.warning("could not check the gates at start-up (%r); requests will restore them one by one", exc)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 T = TypeVar("T")
@@ -30,15 +31,20 @@ def ok(data: T, status: int = 200) -> Envelope[T]:
     return Envelope[T](code=status, message=HTTPStatus(status).phrase if status != 200 else "OK", data=data)
 
 
+def error_body(status: int, message: str, reason: str, details: list[dict[str, Any]] | None = None) -> bytes:
+    """The error envelope as bytes (the shape of ``ErrorEnvelope``, built without a model: it is on hot paths)."""
+    return orjson.dumps({"code": status, "message": message, "data": {"reason": reason, "details": details}})
+
+
 def error(
     status: int,
     message: str,
     reason: str,
     details: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorEnvelope(code=status, message=message, data=ErrorData(reason=reason, details=details))
-    return JSONResponse(body.model_dump(mode="json", exclude_none=False), status_code=status, headers=headers or None)
+) -> Response:
+    body = error_body(status, message, reason, details)
+    return Response(body, status_code=status, headers=headers or None, media_type="application/json")
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -3,8 +3,8 @@
 In a drop this one route takes nearly every request, and FastAPI's routing, dependency solving,
 validation and response serialization cost more CPU than the admission itself (profiled under load,
 see BENCHMARKS.md). This pure-ASGI middleware answers a *plainly valid* request itself, with the same
-contract as the FastAPI route (which stays registered, so the OpenAPI schema is unchanged): the same
-admission call, the same envelopes, status codes, headers and metrics. Anything else (another path or
+contract as the FastAPI route (which stays registered, so the OpenAPI schema is unchanged): both call
+``publish.publish`` for the decision and the answer. Anything else (another path or
 method, a body that is not exactly ``{"couponId": <positive integer>}``, a non-JSON content type)
 falls through untouched to FastAPI, which gives the usual 4xx answers; so does every request when user
 identity is configured (``COUPONRUSH_USER_TOKEN_SECRET``: the route checks the token).
@@ -13,30 +13,22 @@ identity is configured (``COUPONRUSH_USER_TOKEN_SECRET``: the route checks the t
 
 from __future__ import annotations
 
-import logging
 import re
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from couponrush.entrypoints.api import answers, envelope
-from couponrush.entrypoints.api.envelope import Envelope
-from couponrush.entrypoints.api.schemas import MAX_ID, PublishAccepted
-from couponrush.observability.metrics import PUBLISH_REQUESTS
-from couponrush.service.admission import Admission, Refused, Unavailable
-
-log = logging.getLogger(__name__)
+from couponrush.entrypoints.api.publish import ROUTE, publish
+from couponrush.entrypoints.api.schemas import MAX_ID
 
 _PATH = re.compile(r"/api/v1/users/([1-9][0-9]{0,18})/coupons/publish")
-_TEMPLATE = "/api/v1/users/{userId}/coupons/publish"
 _JSON = b"application/json"
 
 
 class _RouteLabel:
     """What the observability middleware reads from ``scope["route"]``: the path template."""
 
-    path = _TEMPLATE
+    path = ROUTE
 
 
 _ROUTE = _RouteLabel()
@@ -78,51 +70,9 @@ class FastPublishMiddleware:
             await self.app(scope, _replay(body, receive), send)  # FastAPI answers, as without this path
             return
         scope["route"] = _ROUTE
-        admission: Admission = scope["app"].state.admission
-        status, payload, headers = await _admit(admission, user_id, coupon_id)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-
-async def _admit(admission: Admission, user_id: int, coupon_id: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    try:
-        event = await admission.request(user_id, coupon_id)
-    except Refused as exc:
-        PUBLISH_REQUESTS.labels("refused", exc.reason.value).inc()
-        return _from_response(answers.refused(exc))
-    except Unavailable as exc:
-        PUBLISH_REQUESTS.labels("unavailable", "UNAVAILABLE").inc()
-        return _from_response(answers.unavailable(exc))
-    except Exception:
-        log.exception("unhandled error on POST %s", _TEMPLATE)
-        return _from_response(envelope.error(500, "internal error", "INTERNAL_ERROR"))
-    PUBLISH_REQUESTS.labels("accepted", "OK").inc()
-    accepted = PublishAccepted(
-        request_id=event.request_id,
-        user_id=event.user_id,
-        coupon_id=event.coupon_id,
-        requested_at=event.requested_at,
-    )
-    return (
-        200,
-        Envelope[PublishAccepted](code=200, message="OK", data=accepted).model_dump_json(by_alias=True).encode(),
-        [],
-    )
-
-
-def _from_response(response: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    extra = [(k, v) for k, v in response.raw_headers if k not in (b"content-type", b"content-length")]
-    return int(response.status_code), bytes(response.body), extra
+        answer = await publish(scope["app"].state.admission, user_id, coupon_id)
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.raw_headers()})
+        await send({"type": "http.response.body", "body": answer.body})
 
 
 def _is_json(scope: Scope) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import Response
 
 from couponrush.entrypoints.api.deps import (
     AdmissionDep,
@@ -13,9 +14,8 @@ from couponrush.entrypoints.api.deps import (
     require_same_user,
 )
 from couponrush.entrypoints.api.envelope import Envelope, error_responses, ok
+from couponrush.entrypoints.api.publish import publish
 from couponrush.entrypoints.api.schemas import PublishAccepted, PublishRequest, RequestStatusView, UserCouponView
-from couponrush.observability.metrics import PUBLISH_REQUESTS
-from couponrush.service.admission import Refused, Unavailable
 
 router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], dependencies=[Depends(require_same_user)])
 
@@ -30,26 +30,12 @@ router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], depe
         "reserving gate, 200 means a coupon is reserved for this request: it will be issued. "
         "GET .../coupons/{couponId}/request follows it."
     ),
+    response_model=Envelope[PublishAccepted],
     responses=error_responses(400, 404, 409, 503),
 )
-async def request_coupon(user_id: UserId, body: PublishRequest, admission: AdmissionDep) -> Envelope[PublishAccepted]:
-    try:
-        event = await admission.request(user_id, body.coupon_id)
-    except Refused as refused:
-        PUBLISH_REQUESTS.labels("refused", refused.reason.value).inc()
-        raise
-    except Unavailable:
-        PUBLISH_REQUESTS.labels("unavailable", "UNAVAILABLE").inc()
-        raise
-    PUBLISH_REQUESTS.labels("accepted", "OK").inc()
-    return ok(
-        PublishAccepted(
-            request_id=event.request_id,
-            user_id=event.user_id,
-            coupon_id=event.coupon_id,
-            requested_at=event.requested_at,
-        )
-    )
+async def request_coupon(user_id: UserId, body: PublishRequest, admission: AdmissionDep) -> Response:
+    # The same decision and answer as the fast path (publish.py): the model above documents it.
+    return (await publish(admission, user_id, body.coupon_id)).response()
 
 
 @router.get("", summary="The coupons a user holds", responses=error_responses(400))
