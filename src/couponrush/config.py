@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # Answer plainly valid publish requests without FastAPI's per-request machinery (same contract;
     # see entrypoints/api/fast_publish.py). False: every request goes through the FastAPI route.
     http_fast_publish: bool = True
+    # Every body the API takes is a few hundred bytes; larger ones get 413 without being read whole.
+    http_max_body_bytes: int = Field(default=4096, ge=256, le=1_048_576)
 
     kafka_partitions: int = Field(default=3, ge=1, le=1000)
     kafka_replication_factor: int = Field(default=1, ge=1)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from couponrush.bootstrap import Services, open_services
 from couponrush.config import Settings
 from couponrush.entrypoints.api import envelope, publish
+from couponrush.entrypoints.api.body_limit import BodyLimitMiddleware
 from couponrush.entrypoints.api.deps import AdminRequired, NoRequest, UserRequired
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
@@ -79,7 +80,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        reason = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        reason = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
+            exc.status_code, "HTTP_ERROR"
+        )
         return envelope.error(exc.status_code, str(exc.detail), reason, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -131,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.http_fast_publish:
         # Added first, so it runs inside the observability middleware (request id, HTTP metrics).
         app.add_middleware(FastPublishMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.http_max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
     app.include_router(coupons.router)
     app.include_router(users.router)

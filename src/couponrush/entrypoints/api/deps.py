@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
+from pydantic import BeforeValidator
 
 from couponrush.bootstrap import Services
 from couponrush.entrypoints.api.schemas import MAX_ID
 from couponrush.service.admission import Admission
 from couponrush.service.identity import token_user
+
+_CANONICAL_ID = re.compile(r"[1-9][0-9]*")
+
+
+def _canonical_id(value: object) -> object:
+    """Ids in paths are written one way: ``7``, never ``+7``, `` 7``, ``07`` or ``7_000``."""
+    if isinstance(value, str) and not _CANONICAL_ID.fullmatch(value):
+        raise ValueError("must be a positive integer written in plain digits, without sign, spaces or leading zeros")
+    return value
+
+
+_Canonical = BeforeValidator(_canonical_id)
 
 
 class AdminRequired(Exception):
@@ -67,7 +81,7 @@ def _bearer(authorization: str | None) -> str | None:
 
 async def require_same_user(
     request: Request,
-    user_id: Annotated[int, Path(alias="userId")],
+    user_id: Annotated[int, _Canonical, Path(alias="userId")],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     """With COUPONRUSH_USER_TOKEN_SECRET set, /api/v1/users/{userId}/... serve only that user's own token."""
@@ -87,5 +101,11 @@ async def require_same_user(
 ServicesDep = Annotated[Services, Depends(get_services)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 AdminDep = Annotated[None, Depends(require_admin)]
-UserId = Annotated[int, Path(alias="userId", gt=0, le=MAX_ID, description="the user's id (a positive integer)")]
-CouponId = Annotated[int, Path(alias="couponId", gt=0, le=MAX_ID, description="the coupon's id (a positive integer)")]
+
+
+UserId = Annotated[
+    int, _Canonical, Path(alias="userId", gt=0, le=MAX_ID, description="the user's id (a positive integer)")
+]
+CouponId = Annotated[
+    int, _Canonical, Path(alias="couponId", gt=0, le=MAX_ID, description="the coupon's id (a positive integer)")
+]

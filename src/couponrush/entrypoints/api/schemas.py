@@ -18,7 +18,13 @@ class _Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-class CouponCreate(_Camel):
+class _Body(BaseModel):
+    """A request body: exactly the documented (camelCase) field names; ``coupon_id`` is not ``couponId``."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=False, validate_by_alias=True, extra="forbid")
+
+
+class CouponCreate(_Body):
     name: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
     ]
@@ -36,7 +42,7 @@ class CouponCreate(_Camel):
         return value
 
 
-class PublishRequest(_Camel):
+class PublishRequest(_Body):
     coupon_id: Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
 
 

@@ -104,12 +104,14 @@ def create(
     expiry: Any = expires_at if expires_at is not None else datetime.now(UTC) + parse_duration(str(expires_in))
     try:
         # The API's own validation rules, so the CLI accepts exactly what the API would.
-        body = CouponCreate(
-            name=name,
-            discount_rate=Decimal(discount_rate),
-            quantity=quantity,
-            status=CouponStatus.UNPUBLISHABLE if closed else CouponStatus.PUBLISHABLE,
-            expired_at=expiry,
+        body = CouponCreate.model_validate(
+            {
+                "name": name,
+                "discountRate": Decimal(discount_rate),
+                "quantity": quantity,
+                "status": CouponStatus.UNPUBLISHABLE if closed else CouponStatus.PUBLISHABLE,
+                "expiredAt": expiry,
+            }
         )
     except (ValidationError, ArithmeticError) as exc:
         err.print(f"[red]invalid coupon:[/red] {exc}")
