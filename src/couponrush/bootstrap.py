@@ -262,5 +262,8 @@ def worker_role(services: Services, consumer: KafkaSource, dlq_sink: KafkaSink) 
         gate=services.gate,
         reconciler=services.reconciler(),
         lag=consumer,
+        fence=services.request_log(),
+        orphan_grace_s=services.settings.rebuild_grace_s,
+        repairs=MeteredRepairs(),
         reconcile_interval_s=services.settings.reconcile_interval_s,
     )

@@ -14,7 +14,7 @@ from couponrush.adapters.gate import RedisReservingGate, gate_key, holders_key
 from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog
 from couponrush.service.admission import Admission, Unavailable
 from couponrush.service.coupon_admin import CouponAdmin
-from couponrush.service.ports import RequestLog
+from couponrush.service.ports import NotRecorded, RequestLog
 from tests.support.data import new_coupon, publish_requested
 
 
@@ -74,3 +74,26 @@ async def test_concurrent_requests_share_transactions_and_each_is_recorded_with_
     queued = await db.fetch("SELECT key, headers->>'request-id' AS request_id FROM outbox ORDER BY id")
     assert {q["request_id"] for q in queued} == {e.request_id for e in events}
     assert {q["key"] for q in queued} == {str(coupon.id)}
+
+
+async def test_a_fenced_request_can_no_longer_be_recorded_and_a_recorded_one_is_not_fenced(db: asyncpg.Pool) -> None:
+    coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
+    log = PostgresRequestLog(db, "requests")
+    recorded, lost = publish_requested(7, coupon.id), publish_requested(8, coupon.id)
+    await log.record_accepted(recorded)
+    fenced = await log.fence_unrecorded(coupon.id, [(7, recorded.request_id), (8, lost.request_id)], lost.requested_at)
+    assert fenced == {lost.request_id}
+    group = GroupCommitRequestLog(log)
+    late, other = publish_requested(8, coupon.id, request_id=lost.request_id), publish_requested(9, coupon.id)
+    outcomes = await asyncio.gather(group.record_accepted(late), group.record_accepted(other), return_exceptions=True)
+    await group.close()
+    assert isinstance(outcomes[0], NotRecorded)  # its API was too late: it was fenced meanwhile
+    assert outcomes[1] is None  # a batch mate is recorded as usual
+    rows = await db.fetch("SELECT request_id, status, reason FROM coupon_requests ORDER BY user_id")
+    assert [(r["status"], r["reason"]) for r in rows] == [
+        ("PENDING", None),
+        ("REJECTED", "NOT_RECORDED"),
+        ("PENDING", None),
+    ]
+    queued = await db.fetch("SELECT headers->>'request-id' AS request_id FROM outbox")
+    assert {q["request_id"] for q in queued} == {recorded.request_id, other.request_id}

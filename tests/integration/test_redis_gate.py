@@ -168,3 +168,23 @@ async def test_an_aborted_rebuild_returns_the_gate_to_what_it_held(redis: Redis)
     assert await gate.begin_rebuild(1, "u", NOW, lease_s=30)
     await gate.abort_rebuild(1, "u")
     assert (await gate.admit(1, 9, "x", NOW)).state is GateState.MISSING
+
+
+async def test_a_reservation_stays_unconfirmed_until_confirmed_or_released(redis: Redis) -> None:
+    gate = await opened(redis, quantity=3)
+    await gate.admit(1, 7, "r7", NOW)
+    await gate.admit(1, 8, "r8", NOW + timedelta(seconds=2))
+    assert await gate.unconfirmed(1, NOW + timedelta(seconds=1), 10) == [(7, "r7")]  # only the older one
+    assert await gate.unconfirmed(1, NOW + timedelta(seconds=3), 10) == [(7, "r7"), (8, "r8")]
+    await gate.confirm(1, [(7, "r7")])
+    await gate.release(1, 8, "r8")
+    assert await gate.unconfirmed(1, NOW + timedelta(seconds=3), 10) == []
+    assert await holders(redis) == {b"7": b"r7"}  # confirming keeps the unit; releasing gave r8's back
+
+
+async def test_a_rebuild_from_the_database_leaves_nothing_unconfirmed(redis: Redis) -> None:
+    gate = await opened(redis, quantity=3)
+    await gate.admit(1, 7, "r7", NOW)
+    assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
+    assert await gate.finish_rebuild(1, "t", GateSnapshot(coupon(quantity=3), {7: "r7"}), NOW)
+    assert await gate.unconfirmed(1, NOW + timedelta(seconds=10), 10) == []

@@ -36,11 +36,14 @@ class FakeGate:
     rebuilding: dict[int, str] = field(default_factory=dict)
     closes: list[tuple[int, RejectReason]] = field(default_factory=list)
     fail_closes: int = 0
+    # Reserved and not yet confirmed recorded: (coupon, user, request) -> when.
+    fresh: dict[tuple[int, int, str], datetime] = field(default_factory=dict)
 
     def forget(self, coupon_id: int) -> None:
         """What a Redis flush does to one coupon."""
         for state in (self.open_, self.reasons, self.expires, self.stock, self.holders, self.rebuilding):
             state.pop(coupon_id, None)
+        self.fresh = {k: v for k, v in self.fresh.items() if k[0] != coupon_id}
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
         if coupon_id in self.rebuilding:
@@ -57,11 +60,13 @@ class FakeGate:
             return GateVerdict(GateState.CLOSED, RejectReason.SOLD_OUT)
         self.holders[coupon_id][user_id] = request_id
         self.stock[coupon_id] -= 1
+        self.fresh[(coupon_id, user_id, request_id)] = now
         return GateVerdict(GateState.ADMITTED)
 
     async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
         if coupon_id in self.rebuilding or coupon_id not in self.open_:
             return
+        self.fresh.pop((coupon_id, user_id, request_id), None)
         if self.holders[coupon_id].get(user_id) == request_id:
             del self.holders[coupon_id][user_id]
             self.stock[coupon_id] += 1
@@ -88,6 +93,14 @@ class FakeGate:
     async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
         return [c for c in coupon_ids if c not in self.open_]
 
+    async def unconfirmed(self, coupon_id: int, reserved_before: datetime, limit: int) -> list[tuple[int, str]]:
+        old = sorted((at, u, r) for (c, u, r), at in self.fresh.items() if c == coupon_id and at < reserved_before)
+        return [(u, r) for _, u, r in old[:limit]]
+
+    async def confirm(self, coupon_id: int, reservations: Sequence[tuple[int, str]]) -> None:
+        for user_id, request_id in reservations:
+            self.fresh.pop((coupon_id, user_id, request_id), None)
+
     async def begin_rebuild(self, coupon_id: int, token: str, now: datetime, lease_s: float) -> bool:
         if self.rebuilding.get(coupon_id, token) != token:
             return False
@@ -107,6 +120,7 @@ class FakeGate:
         self.expires[coupon_id] = coupon.expired_at
         self.holders[coupon_id] = dict(snapshot.reservations)
         self.stock[coupon_id] = snapshot.stock
+        self.fresh = {k: v for k, v in self.fresh.items() if k[0] != coupon_id}
         return True
 
 
@@ -339,3 +353,18 @@ class FakeSnapshots:
 
     async def newly_expired(self, since: datetime, now: datetime) -> list[int]:
         return [c.id for c in self.coupons.coupons.values() if since < c.expired_at <= now]
+
+
+@dataclass
+class FakeFence:
+    """The database's side of the orphan sweep: which requests are recorded; fencing records the rest."""
+
+    recorded: set[str] = field(default_factory=set)
+    fenced: set[str] = field(default_factory=set)
+
+    async def fence_unrecorded(
+        self, coupon_id: int, reservations: Sequence[tuple[int, str]], now: datetime
+    ) -> set[str]:
+        new = {r for _, r in reservations if r not in self.recorded and r not in self.fenced}
+        self.fenced |= new
+        return new

@@ -18,13 +18,15 @@ class Store:
         self.gate.set()
         self.fail_with: Exception | None = None
         self.flushing = asyncio.Event()
+        self.taken: set[int] = set()  # items whose place is already taken: refused one by one
 
-    async def flush(self, items: Sequence[int]) -> None:
+    async def flush(self, items: Sequence[int]) -> set[int]:
         self.flushing.set()
         await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
         self.batches.append(list(items))
+        return {i for i, item in enumerate(items) if item in self.taken}
 
 
 async def test_a_lone_item_is_flushed_at_once_without_waiting_for_company() -> None:
@@ -115,3 +117,18 @@ async def test_close_flushes_what_is_queued_and_refuses_new_items() -> None:
     assert [n for b in store.batches for n in b] == [0, 1, 2]
     with pytest.raises(NotRecorded):
         await committer.submit(3, timeout=5)
+
+
+async def test_an_item_the_flush_refuses_is_not_recorded_while_its_batch_mates_are() -> None:
+    store = Store()
+    store.taken = {2}
+    committer = GroupCommitter(store.flush, concurrency=1)
+    store.gate.clear()
+    tasks = [asyncio.create_task(committer.submit(n, timeout=5)) for n in range(1, 4)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], NotRecorded)
+    await committer.close()

@@ -14,7 +14,7 @@ from couponrush.roles.relay import RelayRole
 from couponrush.roles.worker import WorkerRole
 from couponrush.service.ports import OutboundMessage
 from couponrush.service.reconcile import CouponReport
-from tests.support.fakes import FakeCoupons, FakeGate, FakeOutbox, FakeSink, FakeSnapshots
+from tests.support.fakes import FakeCoupons, FakeFence, FakeGate, FakeOutbox, FakeSink, FakeSnapshots
 from tests.support.polling import eventually
 
 
@@ -185,6 +185,7 @@ async def worker_role(member: Member, issuing: Issuing, reconciles: Reconciles, 
         gate=gate,
         reconciler=reconciles,
         lag=NoLag(),
+        fence=FakeFence(),
         reconcile_interval_s=0.02,
         expiry_interval_s=0.01,
         retry_pause_s=0.01,

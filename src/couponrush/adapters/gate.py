@@ -6,6 +6,9 @@ Cluster slot:
   ``quantity``, ``stock`` (units not yet reserved), and ``rebuilding`` while it is rebuilt;
 - ``coupon:{id}:holders``: hash user id -> request id holding that user's unit (issued or pending).
   Releasing names the request, so a late or repeated release can never free another request's unit.
+- ``coupon:{id}:fresh``: sorted set of ``user:request`` reserved but not yet confirmed recorded, scored
+  by reservation time (ms). A reservation whose API died before recording it is found there and
+  released (service/orphans.py), within seconds rather than at the next reconcile.
 
 The gate also keeps the report's flag ``coupon:available:{couponId}`` (``true``/``false``) and two companions,
 ``coupon:closed-reason:{couponId}`` and ``coupon:expires-at:{couponId}``. The flag lives in another
@@ -52,6 +55,14 @@ def holders_key(coupon_id: int) -> str:
     return f"coupon:{{{coupon_id}}}:holders"
 
 
+def fresh_key(coupon_id: int) -> str:
+    return f"coupon:{{{coupon_id}}}:fresh"
+
+
+def _keys(coupon_id: int) -> tuple[str, str, str]:
+    return gate_key(coupon_id), holders_key(coupon_id), fresh_key(coupon_id)
+
+
 def _never_connected(exc: redis.exceptions.ConnectionError) -> bool:
     """redis-py's words for a connection that was never made (so no command was sent)."""
     return "connecting to" in str(exc)
@@ -96,7 +107,7 @@ class ReportFlag:
         await self.redis.mset({available_key(coupon_id): "false", closed_reason_key(coupon_id): reason.value})
 
 
-# KEYS: gate, holders. ARGV: user id, request id, now ms.
+# KEYS: gate, holders, fresh. ARGV: user id, request id, now ms.
 # Every check comes before any write, so a refusal changes nothing.
 _ADMIT = """
 local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open', 'reason', 'expires_at', 'stock')
@@ -107,18 +118,23 @@ if tonumber(ARGV[3]) >= tonumber(g[4]) then return {'CLOSED', 'EXPIRED'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUPLICATE'} end
 if tonumber(g[5]) <= 0 then return {'CLOSED', 'SOLD_OUT'} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1] .. ':' .. ARGV[2])
 return {'ADMITTED', redis.call('HINCRBY', KEYS[1], 'stock', -1)}
 """
 
-# KEYS: gate, holders. ARGV: user id, request id. Returns the stock after, or -1 if nothing was released.
+# KEYS: gate, holders, fresh. ARGV: user id, request id. Returns the stock after, or -1 if nothing was released.
 # A gate without state (flushed) or being rebuilt is left alone: the rebuild counts from the database.
 _RELEASE = """
 local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open')
 if g[1] or not g[2] then return -1 end
+redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2])
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'stock', 1)
 """
+
+# KEYS: fresh. ARGV: reserved before (ms), limit. The reservations older than that, still unconfirmed.
+_STALE = "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))"
 
 # KEYS: gate. ARGV: open flag, reason. Only where the gate has state (else 0: a rebuild is needed).
 _SET_OPEN = """
@@ -129,10 +145,10 @@ redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2])
 return 1
 """
 
-# KEYS: gate, holders. ARGV: open, reason, expires_at, quantity, stock. Creates a gate only if none exists.
+# KEYS: gate, holders, fresh. ARGV: open, reason, expires_at, quantity, stock. Creates a gate only if none exists.
 _INIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2], 'expires_at', ARGV[3], 'quantity', ARGV[4],
            'stock', ARGV[5])
 return 1
@@ -149,10 +165,11 @@ redis.call('HSET', KEYS[1], 'rebuilding', ARGV[1], 'rebuild_until', tonumber(ARG
 return 1
 """
 
-# KEYS: gate, holders. ARGV: token, open, reason, expires_at, quantity, stock, then user/request pairs.
+# KEYS: gate, holders, fresh. ARGV: token, open, reason, expires_at, quantity, stock, then user/request pairs.
+# The snapshot comes from the database, so every reservation in it is recorded: nothing is fresh.
 _FINISH_REBUILD = """
 if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'open', ARGV[2], 'reason', ARGV[3], 'expires_at', ARGV[4], 'quantity', ARGV[5],
            'stock', ARGV[6])
@@ -201,9 +218,7 @@ class RedisReservingGate:
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
         try:
-            answer = await self._admit(
-                keys=(gate_key(coupon_id), holders_key(coupon_id)), args=(user_id, request_id, _epoch_ms(now))
-            )
+            answer = await self._admit(keys=_keys(coupon_id), args=(user_id, request_id, _epoch_ms(now)))
         except redis.exceptions.ConnectionError as exc:
             if _never_connected(exc):
                 raise GateUnreachable(f"Redis is unreachable: {exc}") from exc
@@ -225,7 +240,7 @@ class RedisReservingGate:
         return GateVerdict(GateState[state])
 
     async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
-        stock = await self._release(keys=(gate_key(coupon_id), holders_key(coupon_id)), args=(user_id, request_id))
+        stock = await self._release(keys=_keys(coupon_id), args=(user_id, request_id))
         if int(stock) == 1:  # a sold-out coupon has a unit again
             await self._refresh_flag(coupon_id)
 
@@ -235,9 +250,8 @@ class RedisReservingGate:
             # A new coupon has no requests yet, so its whole quantity is stock.
             done = await self.redis.eval(  # type: ignore[misc]
                 _INIT,
-                2,
-                gate_key(coupon.id),
-                holders_key(coupon.id),
+                3,
+                *_keys(coupon.id),
                 is_open,
                 reason,
                 str(_epoch_ms(coupon.expired_at)),
@@ -280,9 +294,8 @@ class RedisReservingGate:
             pairs.extend((str(user_id), request_id))
         done = await self.redis.eval(  # type: ignore[misc]
             _FINISH_REBUILD,
-            2,
-            gate_key(coupon_id),
-            holders_key(coupon_id),
+            3,
+            *_keys(coupon_id),
             token,
             is_open,
             reason,
@@ -297,6 +310,20 @@ class RedisReservingGate:
 
     async def abort_rebuild(self, coupon_id: int, token: str) -> None:
         await self.redis.eval(_ABORT_REBUILD, 1, gate_key(coupon_id), token)  # type: ignore[misc]
+
+    async def unconfirmed(self, coupon_id: int, reserved_before: datetime, limit: int) -> list[tuple[int, str]]:
+        members = await self.redis.eval(  # type: ignore[misc]
+            _STALE, 1, fresh_key(coupon_id), str(_epoch_ms(reserved_before)), str(limit)
+        )
+        found: list[tuple[int, str]] = []
+        for member in members:
+            user, _, request = member.decode().partition(":")
+            found.append((int(user), request))
+        return found
+
+    async def confirm(self, coupon_id: int, reservations: Sequence[tuple[int, str]]) -> None:
+        if reservations:
+            await self.redis.zrem(fresh_key(coupon_id), *(f"{u}:{r}" for u, r in reservations))
 
     async def _refresh_flag(self, coupon_id: int) -> None:
         is_open, reason, expires_at, stock = await self.redis.eval(_READ, 1, gate_key(coupon_id))  # type: ignore[misc]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 
@@ -42,14 +43,19 @@ class PostgresRequestLog:
     timeout_s: float = 2.0
 
     async def record_accepted(self, event: PublishRequested) -> None:
-        await self.record_many([self.accepted(event)])
+        if await self.record_many([self.accepted(event)]):
+            raise NotRecorded("the request was fenced as never recorded (it took longer than the grace period)")
 
     def accepted(self, event: PublishRequested) -> Accepted:
         """The request with its outbox message, built now: in the caller's context (its trace)."""
         return Accepted(event, publish_requested_message(self.topic, event))
 
-    async def record_many(self, accepted: Sequence[Accepted]) -> None:
+    async def record_many(self, accepted: Sequence[Accepted]) -> set[int]:
         """Record accepted requests and their outbox events in one transaction (one statement each).
+
+        Returns the positions of requests that were not recorded because their id is already taken:
+        the orphan sweep fenced them as never recorded (service/orphans.py), after their API took
+        longer than the grace period; they must not count as accepted.
 
         Raises ``NotRecorded`` when the failure came before COMMIT was sent (nothing was recorded);
         a failure during COMMIT propagates as it is: the outcome is unknown.
@@ -60,25 +66,51 @@ class PostgresRequestLog:
                 transaction = conn.transaction()
                 await transaction.start()
                 try:
-                    await conn.execute(
+                    inserted = await conn.fetch(
                         "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
-                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])",
+                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])"
+                        " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                         [a.event.request_id for a in accepted],
                         [a.event.user_id for a in accepted],
                         [a.event.coupon_id for a in accepted],
                         [a.event.requested_at for a in accepted],
                     )
-                    await outbox.enqueue_many(conn, [a.message for a in accepted])
+                    recorded = {r["request_id"] for r in inserted}
+                    fenced = {i for i, a in enumerate(accepted) if a.event.request_id not in recorded}
+                    await outbox.enqueue_many(conn, [a.message for i, a in enumerate(accepted) if i not in fenced])
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await transaction.rollback()
                     raise
                 committing = True
                 await transaction.commit()
+                return fenced
         except Exception as exc:
             if committing:
                 raise
             raise NotRecorded(f"{type(exc).__name__}: {exc}") from exc
+
+    async def fence_unrecorded(
+        self, coupon_id: int, reservations: Sequence[tuple[int, str]], now: datetime
+    ) -> set[str]:
+        """Of these reserved requests, fence those never recorded; returns their ids.
+
+        A fenced request gets its row now (REJECTED, NOT_RECORDED), so a recording still in flight
+        for it can never commit (its insert finds the id taken); ``ON CONFLICT DO NOTHING`` waits for
+        such a recording to commit or abort first, so "recorded" and "fenced" never both hold.
+        """
+        if not reservations:
+            return set()
+        rows = await self.pool.fetch(
+            "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at, status, reason, decided_at)"
+            " SELECT r, u, $3, $4, 'REJECTED', 'NOT_RECORDED', $4 FROM unnest($1::text[], $2::bigint[]) AS f(r, u)"
+            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            [r for _, r in reservations],
+            [u for u, _ in reservations],
+            coupon_id,
+            now,
+        )
+        return {r["request_id"] for r in rows}
 
     async def redrive_stuck(self, older_than_s: float, limit: int) -> int:
         """Publish again the requests pending for longer than ``older_than_s`` whose event is not queued.

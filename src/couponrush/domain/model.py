@@ -25,6 +25,9 @@ class RejectReason(enum.StrEnum):
     ALREADY_REQUESTED = "ALREADY_REQUESTED"
     # The worker's word: this user already holds the coupon (a duplicate that reached the database).
     ALREADY_ISSUED = "ALREADY_ISSUED"
+    # A request whose unit was reserved but which was never recorded (its API died, or took longer than
+    # the grace period): its unit went back, and it can no longer be recorded. Its answer was never 200.
+    NOT_RECORDED = "NOT_RECORDED"
 
 
 class RequestStatus(enum.StrEnum):

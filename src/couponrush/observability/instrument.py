@@ -73,6 +73,12 @@ class TimedGate:
     async def abort_rebuild(self, coupon_id: int, token: str) -> None:
         await self.inner.abort_rebuild(coupon_id, token)
 
+    async def unconfirmed(self, coupon_id: int, reserved_before: datetime, limit: int) -> list[tuple[int, str]]:
+        return await self.inner.unconfirmed(coupon_id, reserved_before, limit)
+
+    async def confirm(self, coupon_id: int, reservations: Sequence[tuple[int, str]]) -> None:
+        await self.inner.confirm(coupon_id, reservations)
+
 
 @dataclass(frozen=True, slots=True)
 class MeteredSink:

@@ -10,8 +10,9 @@ from typing import Protocol
 
 from couponrush.observability.instrument import LagSource, sample_consumer_lag
 from couponrush.service.expiry import close_expired_gates
+from couponrush.service.orphans import Fence, release_orphans_periodically
 from couponrush.service.ports import Gate, GateSnapshots
-from couponrush.service.reconcile import Reconciles, reconcile_periodically
+from couponrush.service.reconcile import Reconciles, RepairCounter, reconcile_periodically
 from couponrush.service.signals import sleep_unless
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,13 @@ class WorkerRole:
     gate: Gate
     reconciler: Reconciles
     lag: LagSource
+    # Units reserved by requests never recorded (an API died mid-request) go back after this grace.
+    fence: Fence
+    orphan_grace_s: float = 3.0
+    repairs: RepairCounter | None = None
     reconcile_interval_s: float = 60.0
     expiry_interval_s: float = 1.0
+    orphan_interval_s: float = 1.0
     retry_pause_s: float = 1.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -52,6 +58,15 @@ class WorkerRole:
             await asyncio.gather(
                 self.worker.run(stop),
                 close_expired_gates(self.snapshots, self.gate, stop, interval_s=self.expiry_interval_s),
+                release_orphans_periodically(
+                    self.gate,
+                    self.fence,
+                    self.snapshots.open_coupon_ids,
+                    stop,
+                    grace_s=self.orphan_grace_s,
+                    interval_s=self.orphan_interval_s,
+                    counter=self.repairs,
+                ),
                 sample_consumer_lag(self.lag, stop),
             )
         finally:

@@ -20,7 +20,7 @@ import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -41,11 +41,12 @@ class _Entry(Generic[T]):
 class GroupCommitter(Generic[T]):
     """Queue items; flush them in batches of up to ``max_batch`` with ``flush``.
 
-    ``flush`` writes a batch in one transaction and raises ``NotRecorded`` when it knows nothing
-    was committed; any other exception means "unknown" (e.g. the connection died during COMMIT).
+    ``flush`` writes a batch in one transaction and returns the positions of items it could not
+    take (each of those callers is told ``NotRecorded``); it raises ``NotRecorded`` when it knows
+    nothing was committed; any other exception means "unknown" (e.g. the connection died during COMMIT).
     """
 
-    flush: Callable[[Sequence[T]], Awaitable[None]]
+    flush: Callable[[Sequence[T]], Awaitable[Collection[int]]]
     max_batch: int = 500
     concurrency: int = 2
     _queue: deque[_Entry[T]] = field(default_factory=deque)
@@ -93,7 +94,7 @@ class GroupCommitter(Generic[T]):
                 batch.append(self._queue.popleft())
             started = time.perf_counter()
             try:
-                await self.flush([entry.item for entry in batch])
+                refused = await self.flush([entry.item for entry in batch])
             except asyncio.CancelledError:
                 for entry in batch:
                     if not entry.outcome.done():
@@ -107,8 +108,12 @@ class GroupCommitter(Generic[T]):
             else:
                 self.batches += 1
                 self.items += len(batch)
-                for entry in batch:
-                    if not entry.outcome.done():
+                for index, entry in enumerate(batch):
+                    if entry.outcome.done():
+                        continue
+                    if index in refused:
+                        entry.outcome.set_exception(NotRecorded("refused by the flush"))
+                    else:
                         entry.outcome.set_result(None)
             log.debug("flushed %d item(s) in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 

@@ -103,6 +103,14 @@ class Gate(Protocol):
         """Lift this rebuild's fence (the gate goes back to what it held, or to missing)."""
         ...
 
+    async def unconfirmed(self, coupon_id: int, reserved_before: datetime, limit: int) -> list[tuple[int, str]]:
+        """(user id, request id) reserved before that moment and not yet confirmed as recorded (or released)."""
+        ...
+
+    async def confirm(self, coupon_id: int, reservations: Sequence[tuple[int, str]]) -> None:
+        """These reservations are settled (recorded, or released): stop reporting them as unconfirmed."""
+        ...
+
 
 class GateSnapshots(Protocol):
     async def snapshot(self, coupon_id: int) -> GateSnapshot | None: ...

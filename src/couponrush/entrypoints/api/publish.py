@@ -31,6 +31,7 @@ _REFUSAL_MESSAGES = {
     RejectReason.SOLD_OUT: "coupon {id} is sold out",
     RejectReason.ALREADY_REQUESTED: "this user already holds coupon {id} or has a request for it pending",
     RejectReason.ALREADY_ISSUED: "coupon {id} was already issued to this user",
+    RejectReason.NOT_RECORDED: "the request for coupon {id} was not recorded",
 }
 
 
