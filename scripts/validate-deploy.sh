@@ -65,7 +65,7 @@ check() {  # check NAME COMMAND...: run it, show its output, record the outcome
 
 # --- Dockerfile ----------------------------------------------------------------------------------
 check "hadolint deploy/Dockerfile" "$BIN/hadolint" deploy/Dockerfile
-check "health check script compiles" "$BIN/python" -m py_compile deploy/healthcheck.py
+check "health check script (role -> port, live/ready, one-shot roles)" env PYTHONDONTWRITEBYTECODE=1 $CHECKS healthcheck
 
 # --- files, names --------------------------------------------------------------------------------
 check "YAML/JSON parse" $CHECKS yaml-parses

@@ -5,6 +5,7 @@
     python deploy/validate/checks.py k8s RENDERED.yaml
     python deploy/validate/checks.py dashboard OUT_RULES.yaml     # structure + a rules file of its PromQL
     python deploy/validate/checks.py metric-names
+    python deploy/validate/checks.py healthcheck                # deploy/healthcheck.py against a stub endpoint
 
 Each prints what it checked and exits 1 on the first kind of problem it finds (listing them all).
 The truth is read from the source tree, never copied: metric names and labels from
@@ -324,6 +325,61 @@ def cmd_metric_names() -> int:
     return fail(problems, f"series and labels of {count} expressions exist in metrics.py ({len(series)} series)")
 
 
+def cmd_healthcheck() -> int:
+    """deploy/healthcheck.py (the image's HEALTHCHECK) against a local stub: live 200, ready 503."""
+    import http.server
+    import os
+    import subprocess
+    import threading
+
+    class Stub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response({"/health/live": 200, "/health/ready": 503}.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Stub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = str(server.server_address[1])
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("COUPONRUSH_", "HEALTHCHECK_"))}
+    cases = [  # (environment, argument, expected exit status)
+        ({"HEALTHCHECK_ROLE": "relay", "COUPONRUSH_RELAY_METRICS_PORT": port}, "live", 0),
+        ({"HEALTHCHECK_ROLE": "relay", "COUPONRUSH_RELAY_METRICS_PORT": port}, "ready", 1),
+        ({"HEALTHCHECK_ROLE": "worker", "COUPONRUSH_WORKER_METRICS_PORT": port}, "live", 0),
+        ({"HEALTHCHECK_ROLE": "api", "COUPONRUSH_HTTP_PORT": port, "COUPONRUSH_HTTP_HOST": "0.0.0.0"}, "live", 0),
+        ({"HEALTHCHECK_ROLE": "api", "COUPONRUSH_HTTP_PORT": port}, "ready", 1),
+        ({"HEALTHCHECK_ROLE": "worker", "HEALTHCHECK_PORT": port}, "live", 0),
+        ({"HEALTHCHECK_ROLE": "worker", "COUPONRUSH_WORKER_METRICS_PORT": "0"}, "live", 0),  # endpoint off
+        ({"HEALTHCHECK_ROLE": "migrate"}, "live", 0),  # one-shot: nothing to probe
+        ({"HEALTHCHECK_ROLE": "relay", "COUPONRUSH_RELAY_METRICS_PORT": "1"}, "live", 1),  # nobody listens
+        ({"HEALTHCHECK_ROLE": "relay"}, "sideways", 2),
+    ]
+    problems = []
+    try:
+        for env, arg, expected in cases:
+            done = subprocess.run(
+                [sys.executable, str(DEPLOY / "healthcheck.py"), arg], env={**base, **env},
+                capture_output=True, text=True, timeout=20,
+            )
+            if done.returncode != expected:
+                problems.append(f"{env} {arg}: exit {done.returncode}, expected {expected} ({done.stdout}{done.stderr})")
+    finally:
+        server.shutdown()
+    sys.path.insert(0, str(DEPLOY))
+    from healthcheck import _role_of  # type: ignore[import-not-found]
+
+    for argv, role in (
+        (["/opt/couponrush/bin/python", "/opt/couponrush/bin/couponrush", "worker"], "worker"),
+        (["/sbin/docker-init", "--", "couponrush", "api", "--workers", "2"], "api"),
+        (["python3", "-m", "http.server"], None),
+    ):
+        if _role_of(argv) != role:
+            problems.append(f"role of {argv}: {_role_of(argv)!r}, expected {role!r}")
+    return fail(problems, f"health check script ({len(cases)} cases against a stub endpoint)")
+
+
 def main(argv: list[str]) -> int:
     commands = {
         "yaml-parses": cmd_yaml_parses,
@@ -331,6 +387,7 @@ def main(argv: list[str]) -> int:
         "k8s": cmd_k8s,
         "dashboard": cmd_dashboard,
         "metric-names": cmd_metric_names,
+        "healthcheck": cmd_healthcheck,
     }
     if not argv or argv[0] not in commands:
         print(__doc__)
