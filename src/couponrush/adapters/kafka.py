@@ -24,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from couponrush.adapters.kafka_clients import PLAINTEXT, KafkaClientOptions, client_config
+from couponrush.adapters.kafka_clients import PLAINTEXT, KafkaClientOptions, client_config, failure_text
 from couponrush.adapters.kafka_topics import CREATE_TOPICS, TopicPolicy, TopicsNotReady
 from couponrush.adapters.kafka_topics import ensure_topics as ensure_topics
 from couponrush.config import dlq_topic
@@ -132,9 +132,9 @@ class KafkaSink:
             try:
                 await self._recover()
             except TopicsNotReady as exc:
-                return [f"topics not ready: {exc}"] * len(messages)
+                return [f"topics not ready: {failure_text(exc)}"] * len(messages)
             except KafkaException as exc:
-                return [f"broker unavailable: {exc}"] * len(messages)
+                return [f"broker unavailable: {failure_text(exc)}"] * len(messages)
         producer = self._producer
         assert producer is not None
         loop = asyncio.get_running_loop()
@@ -336,7 +336,7 @@ class KafkaSource:
             try:
                 await self._rebuild()
             except KafkaException as exc:
-                log.warning("broker still unavailable: %s", exc)
+                log.warning("broker still unavailable: %s", failure_text(exc))
                 await asyncio.sleep(timeout)
                 return []
         assert self._consumer is not None, "start() first"
