@@ -188,7 +188,8 @@ _RANK = {
     KafkaError._TRANSPORT: 3,
     KafkaError._ALL_BROKERS_DOWN: 0,
 }
-_BROKER_PREFIX = re.compile(r"^[a-z_]+://\S+?: ")
+# "ssl://host:9093/bootstrap: ", "host:9092/1: ": the broker is named by the caller's message already.
+_BROKER_PREFIX = re.compile(r"^(?:[a-z_]+://)?[^\s/]+/[^\s:]+: ")
 _TIMING = re.compile(r"\s*\(after \d+ms in state \w+\)")
 
 
