@@ -9,8 +9,16 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ClusterMetadata, PartitionMetadata, TopicMetadata  # type: ignore[attr-defined]
 
-from couponrush.adapters.kafka_clients import ClientErrors, KafkaUnavailable, RepeatFilter, explain, librdkafka_logger
+from couponrush.adapters.kafka_clients import (
+    ClientErrors,
+    KafkaClientOptions,
+    KafkaUnavailable,
+    RepeatFilter,
+    explain,
+    librdkafka_logger,
+)
 from couponrush.adapters.kafka_topics import topic_problems
+from couponrush.adapters.probes import KafkaProbe
 
 REFUSED = "FAIL [rdkafka#producer-{n}] [thrd:127.0.0.1:9/bootstrap]: 127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after {ms}ms in state CONNECT)"  # noqa: E501
 
@@ -167,3 +175,8 @@ def test_verify_mode_reports_a_topic_the_cluster_answers_with_an_error() -> None
     [problem] = topic_problems(cluster, {"requests": 3})
     assert problem.startswith("topic requests: ")
     assert "authoriz" in problem.lower()
+
+
+async def test_a_probe_whose_settings_librdkafka_refuses_says_so_in_one_line() -> None:
+    probe = KafkaProbe("127.0.0.1:9", options=KafkaClientOptions({"lingr.ms": 5}))
+    assert await probe.check() == 'DOWN: No such configuration property: "lingr.ms"'

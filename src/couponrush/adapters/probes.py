@@ -54,9 +54,9 @@ class KafkaProbe:
     async def check(self) -> str:
         if not self.bootstrap.strip():
             return "DOWN: COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS is not set"
-        if self._admin is None:
-            self._admin = Admin(self.bootstrap, self.options, self.timeout_s)
         try:
+            if self._admin is None:  # librdkafka may refuse the settings here (COUPONRUSH_KAFKA_EXTRA)
+                self._admin = Admin(self.bootstrap, self.options, self.timeout_s)
             metadata = await asyncio.to_thread(self._admin.list_topics)
         except KafkaException as exc:
             return f"DOWN: {failure_text(exc)}"
