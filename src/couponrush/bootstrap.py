@@ -6,8 +6,10 @@ constructs a driver client.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -19,6 +21,13 @@ from couponrush.adapters.failures import is_infrastructure_failure
 from couponrush.adapters.gate import RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
 from couponrush.adapters.kafka import KafkaDeadLetters, KafkaSink, KafkaSource, consumer_config
+from couponrush.adapters.kafka_clients import (
+    KafkaClientOptions,
+    check_client_options,
+    failure_text,
+    kafka_client_options,
+)
+from couponrush.adapters.kafka_topics import TopicsNotReady, ensure_topics, topic_policy
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
@@ -47,6 +56,8 @@ from couponrush.service.ports import Gate, RecordSource
 from couponrush.service.reconcile import Reconciler, RepairCounter
 from couponrush.service.topic_versions import TopicRouter, VersionedSource
 from couponrush.service.worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +120,8 @@ class Services:
 
     def probes(self) -> list[Probe]:
         """Readiness: PostgreSQL (schema current), Redis, Kafka. Once per process: the Kafka probe keeps a client."""
-        return [PostgresProbe(self.pool), RedisProbe(self.redis), KafkaProbe(self.settings.kafka_bootstrap_servers)]
+        kafka = KafkaProbe(self.settings.kafka_bootstrap_servers, options=kafka_options(self.settings))
+        return [PostgresProbe(self.pool), RedisProbe(self.redis), kafka]
 
 
 def build_recorder(settings: Settings, pool: asyncpg.Pool) -> GroupCommitRequestLog:
@@ -142,31 +154,57 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await pool.close()
 
 
+# --- Kafka clients: every one gets the same options (security, pass-through, logging) and topic policy ---
+
+
+def kafka_options(settings: Settings) -> KafkaClientOptions:
+    """COUPONRUSH_KAFKA_SECURITY_PROTOCOL, _SASL_*, _SSL_*, _EXTRA, _LOG_REPEAT_S as librdkafka options."""
+    return kafka_client_options(settings)
+
+
+def kafka_configuration_problem(settings: Settings) -> str | None:
+    """Why librdkafka would refuse the Kafka client settings (checked once at start-up), or None."""
+    return check_client_options(kafka_options(settings))
+
+
+def relay_topics(settings: Settings) -> dict[str, int]:
+    return {
+        settings.publish_requested_topic: settings.kafka_partitions,
+        settings.published_topic: settings.kafka_partitions,
+    }
+
+
+def worker_topics(settings: Settings) -> dict[str, int]:
+    """The request topic it consumes and the dead-letter topic it writes."""
+    return {settings.publish_requested_topic: settings.kafka_partitions, dlq_topic(settings.publish_requested_topic): 1}
+
+
 def relay_sink(settings: Settings) -> KafkaSink:
     """The relay's producer. It owns the outbound topics, so it is the one that creates them."""
     return KafkaSink(
         bootstrap=settings.kafka_bootstrap_servers,
-        topics={
-            settings.publish_requested_topic: settings.kafka_partitions,
-            settings.published_topic: settings.kafka_partitions,
-        },
-        replication=settings.kafka_replication_factor,
+        topics=relay_topics(settings),
+        policy=topic_policy(settings),
         message_timeout_ms=settings.kafka_message_timeout_ms,
+        options=kafka_options(settings),
     )
 
 
 def worker_source(settings: Settings) -> KafkaSource:
+    options = kafka_options(settings)
     config = consumer_config(
         settings.kafka_bootstrap_servers,
         settings.consumer_group,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         fetch_wait_max_ms=settings.kafka_fetch_wait_max_ms,
+        options=options,
     )
     return KafkaSource(
         config=config,
         topics={settings.publish_requested_topic: settings.kafka_partitions},
-        replication=settings.kafka_replication_factor,
+        policy=topic_policy(settings),
+        options=options,
     )
 
 
@@ -174,9 +212,51 @@ def worker_dead_letter_sink(settings: Settings) -> KafkaSink:
     return KafkaSink(
         bootstrap=settings.kafka_bootstrap_servers,
         topics={dlq_topic(settings.publish_requested_topic): 1},
-        replication=settings.kafka_replication_factor,
+        policy=topic_policy(settings),
         message_timeout_ms=settings.kafka_message_timeout_ms,
+        options=kafka_options(settings),
     )
+
+
+def dead_letter_source(settings: Settings, *, group: str | None) -> KafkaSource:
+    """``couponrush dlq list|replay``: a consumer of the request topic's dead letters."""
+    from couponrush.adapters.dlq import dead_letter_source as source
+
+    return source(
+        settings.kafka_bootstrap_servers,
+        dlq_topic(settings.publish_requested_topic),
+        group=group,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        options=kafka_options(settings),
+        policy=topic_policy(settings),
+    )
+
+
+async def require_topics(
+    settings: Settings, topics: Mapping[str, int], stop: asyncio.Event, *, retry_s: float = 2.0
+) -> None:
+    """With COUPONRUSH_KAFKA_TOPICS=verify, before a role starts: wait until the cluster answers, then raise
+    ``TopicsNotReady`` (one line naming each missing topic or wrong partition count) unless all are right.
+    With ``create`` it does nothing: the role creates what is missing when it first needs it."""
+    if settings.kafka_topics != "verify":
+        return
+    options, policy = kafka_options(settings), topic_policy(settings)
+    reported = ""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(
+                ensure_topics, settings.kafka_bootstrap_servers, topics, options=options, policy=policy
+            )
+            return
+        except TopicsNotReady:
+            raise
+        except Exception as exc:  # the cluster does not answer (yet): say why once, and wait for it
+            if failure_text(exc) != reported:
+                reported = failure_text(exc)
+                log.warning("cannot verify the Kafka topics yet, retrying: %s", reported)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), retry_s)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -212,7 +292,9 @@ def topic_versions(services: Services) -> PostgresTopicVersions:
 
 
 def topic_admin(settings: Settings) -> KafkaTopicAdmin:
-    return KafkaTopicAdmin(settings.kafka_bootstrap_servers, replication=settings.kafka_replication_factor)
+    return KafkaTopicAdmin(
+        settings.kafka_bootstrap_servers, policy=topic_policy(settings), options=kafka_options(settings)
+    )
 
 
 def relay_router(services: Services, sink: KafkaSink) -> TopicRouter:

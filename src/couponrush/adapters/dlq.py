@@ -10,6 +10,8 @@ import asyncpg
 
 from couponrush.adapters import outbox
 from couponrush.adapters.kafka import KafkaSource, consumer_config
+from couponrush.adapters.kafka_clients import PLAINTEXT, KafkaClientOptions
+from couponrush.adapters.kafka_topics import CREATE_TOPICS, TopicPolicy
 from couponrush.service.ports import InboundRecord, OutboundMessage
 
 
@@ -23,7 +25,14 @@ class PostgresRequeue:
 
 
 def dead_letter_source(
-    bootstrap: str, topic: str, *, group: str | None, session_timeout_ms: int, heartbeat_interval_ms: int
+    bootstrap: str,
+    topic: str,
+    *,
+    group: str | None,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+    options: KafkaClientOptions = PLAINTEXT,
+    policy: TopicPolicy = CREATE_TOPICS,
 ) -> KafkaSource:
     """A consumer of the DLQ. ``group=None``: a throw-away group that never commits (to list everything)."""
     config = consumer_config(
@@ -32,8 +41,9 @@ def dead_letter_source(
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=heartbeat_interval_ms,
         fetch_wait_max_ms=100,
+        options=options,
     )
-    return KafkaSource(config=config, topics={topic: 1})
+    return KafkaSource(config=config, topics={topic: 1}, policy=policy, options=options)
 
 
 async def read_all(source: KafkaSource, *, join_timeout_s: float = 15.0, idle_s: float = 2.0) -> list[InboundRecord]:

@@ -11,6 +11,8 @@ import asyncpg
 import redis.exceptions
 from confluent_kafka import KafkaException
 
+from couponrush.adapters.kafka_clients import failure_text
+from couponrush.adapters.kafka_topics import TopicsNotReady
 from couponrush.config import Settings, redacted
 
 _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
@@ -72,8 +74,10 @@ def describe_unreachable(exc: BaseException, settings: Settings) -> str | None:
             return f"{cache} refused the login: {_reason(cause)}"
         if isinstance(cause, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
             return f"{cache} is unreachable: {_reason(cause)}"
+        if isinstance(cause, TopicsNotReady):
+            return f"{broker}: {failure_text(cause)}"
         if isinstance(cause, KafkaException):
-            return f"{broker} is unreachable: {_reason(cause)}"
+            return f"{broker} is unreachable: {failure_text(cause)[:300]}"
         if isinstance(cause, OSError | TimeoutError):
             if _raised_in(cause, "asyncpg"):
                 return f"{db} is unreachable: {_reason(cause)}"

@@ -8,7 +8,8 @@ So a ``Producer`` is polled by one background thread, and each delivery report r
 asyncio future on the owning loop with ``call_soon_threadsafe``.
 
 Everything here speaks plain Kafka protocol; the Tansu-specific settings are only defaults
-that a real cluster tolerates (see docs/OPERATIONS.md).
+that a real cluster tolerates (see docs/OPERATIONS.md). Every client's configuration passes through
+``kafka_clients.client_config`` (security, pass-through properties, our rate-limited logger).
 """
 
 from __future__ import annotations
@@ -22,51 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from couponrush.adapters.kafka_clients import PLAINTEXT, KafkaClientOptions, client_config, failure_text
+from couponrush.adapters.kafka_topics import CREATE_TOPICS, TopicPolicy, TopicsNotReady
+from couponrush.adapters.kafka_topics import ensure_topics as ensure_topics
 from couponrush.config import dlq_topic
 from couponrush.service.ports import InboundRecord, OutboundMessage
 
 log = logging.getLogger(__name__)
-
-
-def ensure_topics(
-    bootstrap: str, topics: Mapping[str, int], *, replication: int = 1, timeout: float = 5.0
-) -> list[str]:
-    """Create each topic with its partition count unless it exists. Blocking; raises if the broker is away.
-
-    Topics are always created explicitly: relying on auto-creation would let the broker pick
-    the partition count (Tansu picks 4), which silently changes where keys land.
-    Returns the topics it created.
-    """
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
-    existing = admin.list_topics(timeout=timeout).topics
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=replication)
-        for name, partitions in topics.items()
-        if name not in existing
-    ]
-    for name, partitions in topics.items():
-        if name in existing and len(existing[name].partitions) != partitions:
-            log.warning(
-                "topic %s has %d partitions, configuration says %d: partition counts are fixed "
-                "once keys map to partitions; version the topic to change it",
-                name,
-                len(existing[name].partitions),
-                partitions,
-            )
-    created: list[str] = []
-    if not missing:
-        return created
-    for name, future in admin.create_topics(missing, request_timeout=timeout).items():
-        try:
-            future.result(timeout)
-            log.info("created topic %s", name)
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    return created
 
 
 def _settle(future: asyncio.Future[str | None], outcome: str | None) -> None:
@@ -74,9 +38,10 @@ def _settle(future: asyncio.Future[str | None], outcome: str | None) -> None:
         future.set_result(outcome)
 
 
-def producer_config(bootstrap: str, *, message_timeout_ms: int) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
+def producer_config(
+    bootstrap: str, *, message_timeout_ms: int, options: KafkaClientOptions = PLAINTEXT
+) -> dict[str, Any]:
+    config = {
         "enable.idempotence": True,
         "acks": "all",
         # Same key -> partition mapping as the Java and aiokafka clients.
@@ -89,6 +54,7 @@ def producer_config(bootstrap: str, *, message_timeout_ms: int) -> dict[str, Any
         "socket.timeout.ms": min(message_timeout_ms, 10_000),
         "topic.metadata.refresh.interval.ms": 5000,
     }
+    return client_config(bootstrap, config, options)
 
 
 @dataclass
@@ -103,8 +69,9 @@ class KafkaSink:
 
     bootstrap: str
     topics: Mapping[str, int]
-    replication: int = 1
+    policy: TopicPolicy = CREATE_TOPICS
     message_timeout_ms: int = 10_000
+    options: KafkaClientOptions = PLAINTEXT
     _producer: Producer | None = None
     _poller: threading.Thread | None = None
     _running: threading.Event = field(default_factory=threading.Event)
@@ -116,7 +83,9 @@ class KafkaSink:
 
     async def _recover(self) -> None:
         """Ensure topics; (re)create the producer if there is none, it is broken, or topics were lost."""
-        created = await asyncio.to_thread(ensure_topics, self.bootstrap, self.topics, replication=self.replication)
+        created = await asyncio.to_thread(
+            ensure_topics, self.bootstrap, self.topics, options=self.options, policy=self.policy
+        )
         if created and self._producer is not None:
             log.warning("topics %s were missing (broker lost its state?); recreating the producer", created)
         if self._producer is None or self._fatal.is_set() or created:
@@ -125,7 +94,7 @@ class KafkaSink:
         self._suspect = False
 
     def _open(self) -> None:
-        config = producer_config(self.bootstrap, message_timeout_ms=self.message_timeout_ms)
+        config = producer_config(self.bootstrap, message_timeout_ms=self.message_timeout_ms, options=self.options)
         config["error_cb"] = self._on_error
         self._fatal.clear()
         self._producer = Producer(config)
@@ -162,8 +131,10 @@ class KafkaSink:
         if self._suspect or self._fatal.is_set() or self._producer is None:
             try:
                 await self._recover()
+            except TopicsNotReady as exc:
+                return [f"topics not ready: {failure_text(exc)}"] * len(messages)
             except KafkaException as exc:
-                return [f"broker unavailable: {exc}"] * len(messages)
+                return [f"broker unavailable: {failure_text(exc)}"] * len(messages)
         producer = self._producer
         assert producer is not None
         loop = asyncio.get_running_loop()
@@ -224,9 +195,9 @@ def consumer_config(
     session_timeout_ms: int,
     heartbeat_interval_ms: int,
     fetch_wait_max_ms: int,
+    options: KafkaClientOptions = PLAINTEXT,
 ) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
+    config = {
         "group.id": group,
         "group.protocol": "classic",
         # Offsets are committed by us, explicitly, after the issuing transaction committed.
@@ -241,6 +212,7 @@ def consumer_config(
         # Notice a re-created topic (e.g. after a broker restart) within seconds, not minutes.
         "topic.metadata.refresh.interval.ms": 5000,
     }
+    return client_config(bootstrap, config, options)
 
 
 def _headers(message: Message) -> dict[str, bytes]:
@@ -304,17 +276,17 @@ class KafkaSource:
     configured partition counts) and a fresh consumer. Uncommitted records are simply redelivered.
     """
 
-    config: dict[str, Any]
+    # consumer_config(...): it carries the client options already, secrets included (so not in the repr).
+    config: dict[str, Any] = field(repr=False)
     topics: Mapping[str, int]
-    replication: int = 1
+    policy: TopicPolicy = CREATE_TOPICS
+    options: KafkaClientOptions = PLAINTEXT  # for the admin client that prepares the topics
     _consumer: Consumer | None = None
     _stale: bool = False
     _assigned_none: bool = False
 
     async def start(self) -> None:
-        await asyncio.to_thread(
-            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
-        )
+        await self._prepare_topics()
         consumer = Consumer(self.config)
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=_log_revocation)
         self._consumer = consumer
@@ -334,10 +306,12 @@ class KafkaSource:
         (The admin client lists topics without a metadata request per topic, which Tansu would
         answer by auto-creating the topic with its own partition count.)
         """
-        created = await asyncio.to_thread(
-            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
+        return bool(await self._prepare_topics())
+
+    async def _prepare_topics(self) -> list[str]:
+        return await asyncio.to_thread(
+            ensure_topics, self.config["bootstrap.servers"], self.topics, options=self.options, policy=self.policy
         )
-        return bool(created)
 
     async def subscribe(self, topics: Mapping[str, int]) -> None:
         """Consume exactly ``topics`` from now on (a topic version switch); starts the consumer if needed."""
@@ -345,9 +319,7 @@ class KafkaSource:
         if self._consumer is None:
             await self.start()
             return
-        await asyncio.to_thread(
-            ensure_topics, self.config["bootstrap.servers"], self.topics, replication=self.replication
-        )
+        await self._prepare_topics()
         self._consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
         log.info("now consuming %s", ", ".join(self.topics))
 
@@ -364,7 +336,7 @@ class KafkaSource:
             try:
                 await self._rebuild()
             except KafkaException as exc:
-                log.warning("broker still unavailable: %s", exc)
+                log.warning("broker still unavailable: %s", failure_text(exc))
                 await asyncio.sleep(timeout)
                 return []
         assert self._consumer is not None, "start() first"

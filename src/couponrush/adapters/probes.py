@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException
 from redis.asyncio import Redis
 
 from couponrush.adapters.db import pending_migrations
+from couponrush.adapters.kafka_clients import PLAINTEXT, Admin, KafkaClientOptions, failure_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,19 +39,25 @@ class RedisProbe:
 
 @dataclass
 class KafkaProbe:
-    """Asks the cluster for its metadata. One admin client per process, made on first use."""
+    """Asks the cluster for its metadata. One admin client per process, made on first use.
+
+    A failure reads as one line with librdkafka's reason ("DOWN: TLS failed: certificate verify
+    failed ..."), not its generic "Broker transport failure"; its own repeated lines are rate-limited.
+    """
 
     bootstrap: str
     timeout_s: float = 2.0
     name: str = "kafka"
-    _admin: Any = field(default=None, repr=False)
+    options: KafkaClientOptions = field(default=PLAINTEXT, repr=False)
+    _admin: Admin | None = field(default=None, repr=False)
 
     async def check(self) -> str:
         if not self.bootstrap.strip():
             return "DOWN: COUPONRUSH_KAFKA_BOOTSTRAP_SERVERS is not set"
-        if self._admin is None:
-            self._admin = AdminClient(
-                {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": int(self.timeout_s * 1000)}
-            )
-        metadata = await asyncio.to_thread(self._admin.list_topics, timeout=self.timeout_s)
+        try:
+            if self._admin is None:  # librdkafka may refuse the settings here (COUPONRUSH_KAFKA_EXTRA)
+                self._admin = Admin(self.bootstrap, self.options, self.timeout_s)
+            metadata = await asyncio.to_thread(self._admin.list_topics)
+        except KafkaException as exc:
+            return f"DOWN: {failure_text(exc)}"
         return "UP" if metadata.brokers else "DOWN: no brokers in metadata"

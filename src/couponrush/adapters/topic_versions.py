@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import asyncpg
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
-from couponrush.adapters.kafka import ensure_topics
+from couponrush.adapters.kafka_clients import PLAINTEXT, Admin, KafkaClientOptions
+from couponrush.adapters.kafka_topics import CREATE_TOPICS, TopicPolicy, ensure_topics
 from couponrush.domain.topic_versions import TopicVersion, VersionState
 
 log = logging.getLogger(__name__)
@@ -133,26 +133,31 @@ class PostgresTopicVersions:
 
 @dataclass(frozen=True, slots=True)
 class KafkaTopicAdmin:
-    bootstrap: str
-    replication: int = 1
-    timeout: float = 10.0
+    """``create`` follows the topic policy: with COUPONRUSH_KAFKA_TOPICS=verify it only checks the topic exists."""
 
-    def _admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": int(self.timeout * 1000)})
+    bootstrap: str
+    policy: TopicPolicy = CREATE_TOPICS
+    timeout: float = 10.0
+    options: KafkaClientOptions = PLAINTEXT
+
+    def _admin(self) -> Admin:
+        return Admin(self.bootstrap, self.options, self.timeout)
 
     async def create(self, topics: Mapping[str, int]) -> None:
-        await asyncio.to_thread(ensure_topics, self.bootstrap, topics, replication=self.replication)
+        await asyncio.to_thread(ensure_topics, self.bootstrap, topics, options=self.options, policy=self.policy)
 
     async def partitions(self, topic: str) -> int | None:
         def count() -> int | None:
-            found = self._admin().list_topics(timeout=self.timeout).topics.get(topic)
+            found = self._admin().list_topics().topics.get(topic)
             return None if found is None or found.error is not None else len(found.partitions)
 
         return await asyncio.to_thread(count)
 
     async def delete(self, topic: str) -> None:
         def delete() -> None:
-            for name, future in self._admin().delete_topics([topic], request_timeout=self.timeout).items():
+            admin = self._admin()
+            futures = admin.call(lambda client: client.delete_topics([topic], request_timeout=self.timeout))
+            for name, future in futures.items():
                 try:
                     future.result(self.timeout)
                     log.info("deleted topic %s", name)

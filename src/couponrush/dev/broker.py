@@ -41,6 +41,11 @@ class EmbeddedBroker:
     host: str = "127.0.0.1"
     port: int = 9092
     log_path: Path | None = None
+    # Advertise another port than the one listened on (a proxy in front of the broker, in tests).
+    advertised_port: int | None = None
+    # Require SASL (SCRAM-SHA-256) from every client. Tansu keeps users in its storage, and with memory
+    # storage none can be created while authentication is on: every login fails (tests of that failure).
+    authentication: bool = False
     _process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -62,6 +67,7 @@ class EmbeddedBroker:
         if port_open(self.host, self.port):
             raise RuntimeError(f"port {self.bootstrap} is already taken; cannot start the embedded broker there")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
@@ -72,9 +78,10 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,

@@ -82,6 +82,12 @@ def require_kafka(settings: Settings) -> None:
             "or run `couponrush dev`, which starts an embedded broker."
         )
         raise typer.Exit(2)
+    from couponrush.bootstrap import kafka_configuration_problem
+
+    problem = kafka_configuration_problem(settings)
+    if problem is not None:
+        console.print(f"[red]invalid configuration:[/red] {problem}", highlight=False)
+        raise typer.Exit(2)
 
 
 def stop_on_signals() -> asyncio.Event:

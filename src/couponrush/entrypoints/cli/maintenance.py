@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from couponrush.config import Settings, dlq_topic
+from couponrush.config import Settings
 from couponrush.entrypoints.cli.common import console, require_kafka, run, setup
 
 if TYPE_CHECKING:
@@ -104,15 +104,10 @@ def dlq_replay() -> None:
 
 
 async def _read_dead_letters(settings: Settings, *, group: str | None = None) -> list[InboundRecord]:
-    from couponrush.adapters.dlq import dead_letter_source, read_all
+    from couponrush.adapters.dlq import read_all
+    from couponrush.bootstrap import dead_letter_source
 
-    source = dead_letter_source(
-        settings.kafka_bootstrap_servers,
-        dlq_topic(settings.publish_requested_topic),
-        group=group,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-    )
+    source = dead_letter_source(settings, group=group)
     await source.start()
     try:
         return await read_all(source)
@@ -121,18 +116,12 @@ async def _read_dead_letters(settings: Settings, *, group: str | None = None) ->
 
 
 async def _dlq_replay(settings: Settings) -> tuple[int, int]:
-    from couponrush.adapters.dlq import PostgresRequeue, dead_letter_source, read_all
-    from couponrush.bootstrap import open_services
+    from couponrush.adapters.dlq import PostgresRequeue, read_all
+    from couponrush.bootstrap import dead_letter_source, open_services
     from couponrush.service.dlq import DeadLetterReplay
 
     # A group of its own remembers what was replayed: each dead letter is replayed once.
-    source = dead_letter_source(
-        settings.kafka_bootstrap_servers,
-        dlq_topic(settings.publish_requested_topic),
-        group=f"{settings.consumer_group}.dlq-replay",
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-    )
+    source = dead_letter_source(settings, group=f"{settings.consumer_group}.dlq-replay")
     await source.start()
     try:
         records = await read_all(source)

@@ -111,11 +111,12 @@ def relay() -> None:
 
 
 async def _relay(settings: Settings) -> None:
-    from couponrush.bootstrap import open_services, relay_role, relay_sink
+    from couponrush.bootstrap import open_services, relay_role, relay_sink, relay_topics, require_topics
 
     stop = stop_on_signals()
     sink = relay_sink(settings)
     try:
+        await require_topics(settings, relay_topics(settings), stop)  # COUPONRUSH_KAFKA_TOPICS=verify
         async with open_services(settings) as services, role_endpoint(services, settings.relay_metrics_port):
             log.info("relaying to %s once this relay holds the relay lock", settings.kafka_bootstrap_servers)
             await relay_role(services, sink).run(stop)
@@ -133,11 +134,19 @@ def worker() -> None:
 
 
 async def _worker(settings: Settings) -> None:
-    from couponrush.bootstrap import open_services, worker_dead_letter_sink, worker_role, worker_source
+    from couponrush.bootstrap import (
+        open_services,
+        require_topics,
+        worker_dead_letter_sink,
+        worker_role,
+        worker_source,
+        worker_topics,
+    )
 
     stop = stop_on_signals()
     dlq_sink = worker_dead_letter_sink(settings)
     try:
+        await require_topics(settings, worker_topics(settings), stop)  # COUPONRUSH_KAFKA_TOPICS=verify
         async with open_services(settings) as services, role_endpoint(services, settings.worker_metrics_port):
             await worker_role(services, worker_source(settings), dlq_sink).run(stop)
     finally:
