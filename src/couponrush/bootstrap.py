@@ -54,6 +54,7 @@ from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import Gate, RecordSource
 from couponrush.service.reconcile import Reconciler, RepairCounter
+from couponrush.service.stalls import StallWatch
 from couponrush.service.topic_versions import TopicRouter, VersionedSource
 from couponrush.service.worker import Worker
 
@@ -347,5 +348,12 @@ def worker_role(services: Services, consumer: KafkaSource, dlq_sink: KafkaSink) 
         fence=services.request_log(),
         orphan_grace_s=services.settings.rebuild_grace_s,
         repairs=MeteredRepairs(),
+        stalls=StallWatch(
+            reader=services.operations(),
+            membership=consumer,
+            stall_after_s=services.settings.stall_after_s,
+            # Two session timeouts: a member that joined normally has been assigned long before.
+            rejoin_after_s=2 * services.settings.kafka_session_timeout_ms / 1000,
+        ),
         reconcile_interval_s=services.settings.reconcile_interval_s,
     )

@@ -169,6 +169,8 @@ class Settings(BaseSettings):
 
     # A request still pending this long after it was accepted is published again (see service/redrive.py).
     redrive_after_s: float = Field(default=30.0, gt=0)
+    # The worker logs the oldest accepted request still undecided once it is older than this.
+    stall_after_s: float = Field(default=30.0, gt=0)
 
     # A record whose processing fails (not the infrastructure being away: that is retried forever)
     # is tried this many times, backing off from WORKER_RETRY_BACKOFF_S, then dead-lettered.

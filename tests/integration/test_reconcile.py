@@ -82,3 +82,18 @@ async def test_a_flushed_gate_is_rebuilt(db: asyncpg.Pool, redis: Redis) -> None
     assert report.repaired
     assert counter.total == 1
     assert await redis.hget(gate_key(coupon_id), "stock") == b"2"  # type: ignore[misc]
+
+
+async def test_accepted_requests_undecided_with_nothing_queued_are_named_as_stuck(
+    db: asyncpg.Pool, redis: Redis
+) -> None:
+    _, reconciler, _ = await drop_in_progress(db, redis)
+    # The relay sent both pending events long ago (the broker then lost them): nothing is queued.
+    await db.execute("UPDATE outbox SET sent_at = now()")
+    await db.execute("UPDATE coupon_requests SET requested_at = now() - interval '5 minutes' WHERE status = 'PENDING'")
+    stuck = {r["request_id"] for r in await db.fetch("SELECT request_id FROM coupon_requests WHERE status = 'PENDING'")}
+    [report] = await reconciler.reconcile()
+    assert report.stuck == 2
+    assert report.ledger is not None
+    assert set(report.ledger.stuck_ids) == stuck
+    assert all(request_id in report.line() for request_id in stuck)

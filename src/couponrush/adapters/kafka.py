@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,11 @@ class KafkaSink:
     counts; producers never auto-create). If a topic had to be created, the broker lost its state
     (a restarted Tansu keeps nothing), so the producer is recreated too: its producer id and
     metadata are stale. A fatal producer error (e.g. UNKNOWN_PRODUCER_ID) also recreates it.
+
+    A lost connection recreates it as well: a broker restarted empty while nothing was being sent may
+    have its topics re-created by another client first (a worker), and then acknowledges the stale
+    producer's records and drops them (measured on the embedded broker: a relay whose every record
+    vanished until the next restart). A new producer id costs nothing against a real cluster.
     """
 
     bootstrap: str
@@ -76,6 +82,8 @@ class KafkaSink:
     _poller: threading.Thread | None = None
     _running: threading.Event = field(default_factory=threading.Event)
     _fatal: threading.Event = field(default_factory=threading.Event)
+    # Set from librdkafka's thread when the connection to the cluster drops: recreate before the next send.
+    _disconnected: threading.Event = field(default_factory=threading.Event)
     _suspect: bool = True  # nothing verified yet: check the topics before the first send
 
     async def start(self) -> None:
@@ -88,7 +96,10 @@ class KafkaSink:
         )
         if created and self._producer is not None:
             log.warning("topics %s were missing (broker lost its state?); recreating the producer", created)
-        if self._producer is None or self._fatal.is_set() or created:
+        disconnected = self._disconnected.is_set()
+        if disconnected and self._producer is not None and not created:
+            log.info("the connection to the cluster dropped; recreating the producer (the broker may have restarted)")
+        if self._producer is None or self._fatal.is_set() or created or disconnected:
             await self._reset()
             self._open()
         self._suspect = False
@@ -97,6 +108,7 @@ class KafkaSink:
         config = producer_config(self.bootstrap, message_timeout_ms=self.message_timeout_ms, options=self.options)
         config["error_cb"] = self._on_error
         self._fatal.clear()
+        self._disconnected.clear()
         self._producer = Producer(config)
         self._running.set()
         producer = self._producer
@@ -114,6 +126,8 @@ class KafkaSink:
             log.error("kafka producer fatal error, it will be recreated: %s", error)
             self._fatal.set()
         else:
+            if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+                self._disconnected.set()
             log.debug("kafka producer error: %s", error)
 
     async def _reset(self) -> None:
@@ -128,7 +142,7 @@ class KafkaSink:
                 await asyncio.to_thread(old.flush, 0)
 
     async def send_all(self, messages: Sequence[OutboundMessage]) -> list[str | None]:
-        if self._suspect or self._fatal.is_set() or self._producer is None:
+        if self._suspect or self._fatal.is_set() or self._disconnected.is_set() or self._producer is None:
             try:
                 await self._recover()
             except TopicsNotReady as exc:
@@ -283,15 +297,22 @@ class KafkaSource:
     options: KafkaClientOptions = PLAINTEXT  # for the admin client that prepares the topics
     _consumer: Consumer | None = None
     _stale: bool = False
+    _stale_why: str = "a subscribed topic was missing when nothing was assigned"
+    _topics_gone: bool = False
     _assigned_none: bool = False
+    # Since when this subscribed member holds no partition (None while it holds some).
+    _unassigned_since: float | None = None
+    # How long the next rebuild waits between leaving and joining again (see request_rejoin).
+    _settle_s: float = 0.0
 
     async def start(self) -> None:
         await self._prepare_topics()
         consumer = Consumer(self.config)
-        consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=_log_revocation)
+        consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._consumer = consumer
         self._stale = False
         self._assigned_none = False
+        self._unassigned_since = time.monotonic()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         _log_assignment(consumer, partitions)
@@ -299,6 +320,31 @@ class KafkaSource:
         # when it rejoined a restarted broker before the topic was re-created; librdkafka then never
         # rebalances onto the topic once it exists. next_batch tells the two apart.
         self._assigned_none = not partitions
+        if partitions:
+            self._unassigned_since = None
+        elif self._unassigned_since is None:
+            self._unassigned_since = time.monotonic()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        _log_revocation(consumer, partitions)
+        if self._unassigned_since is None:
+            self._unassigned_since = time.monotonic()
+
+    def unassigned_for(self) -> float:
+        """Seconds this subscribed member has held no partition (0 while it holds any, or before start)."""
+        since = self._unassigned_since
+        return 0.0 if since is None or self._consumer is None else time.monotonic() - since
+
+    def request_rejoin(self, why: str) -> None:
+        """Rebuild the consumer before the next poll: a fresh member joins the group from scratch.
+
+        The old member leaves first and the new one waits out a session timeout before joining, so the
+        group coordinator has forgotten every member of the generation that never completed (a new
+        member joining at once into such a group was seen to wait there for good on the embedded broker).
+        """
+        self._stale_why = why
+        self._settle_s = self.config.get("session.timeout.ms", 6000) / 1000 + 1
+        self._stale = True
 
     async def _topics_missing(self) -> bool:
         """Re-create any missing subscribed topic (with our partition counts); True if one was missing.
@@ -320,15 +366,18 @@ class KafkaSource:
             await self.start()
             return
         await self._prepare_topics()
-        self._consumer.subscribe(list(self.topics), on_assign=_log_assignment, on_revoke=_log_revocation)
+        self._consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("now consuming %s", ", ".join(self.topics))
 
     async def _rebuild(self) -> None:
-        log.warning("subscribed topics vanished (broker lost its state?); recreating the consumer")
+        log.warning("%s; recreating the consumer", self._stale_why)
+        self._stale_why = "a subscribed topic was missing when nothing was assigned"
         old, self._consumer = self._consumer, None
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.to_thread(old.close), 10)
+        settle, self._settle_s = self._settle_s, 0.0
+        await asyncio.sleep(settle)
         await self.start()
 
     async def next_batch(self, max_records: int, timeout: float) -> list[InboundRecord]:
@@ -340,10 +389,18 @@ class KafkaSource:
                 await asyncio.sleep(timeout)
                 return []
         assert self._consumer is not None, "start() first"
+        if self._topics_gone:
+            self._topics_gone = False
+            try:
+                if await self._topics_missing():
+                    log.warning("subscribed topics vanished (broker lost its state?); re-created them")
+            except Exception as exc:  # the broker is away again: the next error brings us back here
+                log.warning("could not re-create the subscribed topics: %s", failure_text(exc))
         if self._assigned_none:
             self._assigned_none = False
             try:
                 if await self._topics_missing():
+                    # Joined (the assignment came), so closing this member is clean: a fresh one rejoins.
                     log.warning("assigned nothing while a subscribed topic is missing; re-creating it and rejoining")
                     self._stale = True
                     return []
@@ -356,7 +413,10 @@ class KafkaSource:
             if error is None:
                 records.append(_record(message))
             elif error.code() in _TOPIC_GONE:
-                self._stale = True
+                # Re-create the topic and let this consumer rejoin by itself (librdkafka does, on the
+                # metadata change). Closing it here would catch it mid-join: the embedded broker then keeps
+                # the departed member as the group's leader, and no later member is ever assigned anything.
+                self._topics_gone = True
                 log.warning("consumer error: %s", error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)

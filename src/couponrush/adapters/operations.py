@@ -8,7 +8,7 @@ import asyncpg
 
 from couponrush.adapters.coupons import COUPON_COLUMNS, coupon_from_record
 from couponrush.domain.model import Coupon
-from couponrush.service.ports import CouponProgress, OutboxState
+from couponrush.service.ports import CouponProgress, OutboxState, Undecided
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,16 @@ class PostgresOperations:
         )
         assert record is not None
         return OutboxState(backlog=int(record["backlog"]), oldest_age_s=max(0.0, float(record["age"] or 0.0)))
+
+    async def oldest_undecided(self) -> Undecided | None:
+        # The partial index on pending requests, in arrival order: the first live one is the answer.
+        record = await self.pool.fetchrow(
+            "SELECT request_id, coupon_id, extract(epoch FROM now() - requested_at) AS age FROM coupon_requests"
+            " WHERE status = 'PENDING' AND dead_lettered_at IS NULL ORDER BY requested_at LIMIT 1"
+        )
+        if record is None:
+            return None
+        return Undecided(record["request_id"], record["coupon_id"], max(0.0, float(record["age"])))
 
     async def open_coupon_progress(self, limit: int) -> list[CouponProgress]:
         rows = await self.pool.fetch(

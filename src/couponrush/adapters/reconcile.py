@@ -56,6 +56,20 @@ class PostgresLedger:
         )
         if row is None:
             return None
+        stuck_ids: list[str] = []
+        if row["stuck"]:
+            stuck_ids = [
+                r["request_id"]
+                for r in await self.pool.fetch(
+                    "SELECT request_id FROM coupon_requests r WHERE r.coupon_id = $1 AND r.status = 'PENDING'"
+                    " AND r.dead_lettered_at IS NULL AND r.requested_at < now() - make_interval(secs => $2)"
+                    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sent_at IS NULL"
+                    "                 AND o.headers->>'request-id' = r.request_id)"
+                    " ORDER BY r.requested_at LIMIT 10",
+                    coupon_id,
+                    stuck_after_s,
+                )
+            ]
         return LedgerStats(
             quantity=row["quantity"],
             issued_count=row["issued_count"],
@@ -65,4 +79,5 @@ class PostgresLedger:
             dead_lettered=row["dead_lettered"],
             unsent_outbox=row["unsent_outbox"],
             stuck=row["stuck"],
+            stuck_ids=tuple(stuck_ids),
         )

@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from couponrush.service.ports import CouponProgress, OutboxState
+from couponrush.service.ports import CouponProgress, OutboxState, Undecided
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -133,7 +133,9 @@ def render(extra: Sequence[Metric] = ()) -> bytes:
     return generate_latest(registry)
 
 
-def database_families(outbox: OutboxState, coupons: Sequence[CouponProgress]) -> list[Metric]:
+def database_families(
+    outbox: OutboxState, coupons: Sequence[CouponProgress], undecided: Undecided | None = None
+) -> list[Metric]:
     """Gauges read from PostgreSQL at scrape time."""
     backlog = GaugeMetricFamily("couponrush_outbox_backlog", "Outbox rows not yet acknowledged by the broker")
     backlog.add_metric([], outbox.backlog)
@@ -150,7 +152,12 @@ def database_families(outbox: OutboxState, coupons: Sequence[CouponProgress]) ->
     for coupon in coupons:
         remaining.add_metric([str(coupon.coupon_id)], coupon.quantity - coupon.issued)
         pending.add_metric([str(coupon.coupon_id)], coupon.pending)
-    return [backlog, age, remaining, pending]
+    oldest = GaugeMetricFamily(
+        "couponrush_oldest_undecided_seconds",
+        "Age of the oldest accepted request not yet issued or refused (0 when none; dead letters aside)",
+    )
+    oldest.add_metric([], undecided.age_s if undecided is not None else 0.0)
+    return [backlog, age, remaining, pending, oldest]
 
 
 def set_consumer_lag(lag: dict[tuple[str, int], int]) -> None:

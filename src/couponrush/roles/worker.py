@@ -14,6 +14,7 @@ from couponrush.service.orphans import Fence, release_orphans_periodically
 from couponrush.service.ports import Gate, GateSnapshots
 from couponrush.service.reconcile import Reconciles, RepairCounter, reconcile_periodically
 from couponrush.service.signals import sleep_unless
+from couponrush.service.stalls import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class WorkerRole:
     fence: Fence
     orphan_grace_s: float = 3.0
     repairs: RepairCounter | None = None
+    # Says when the oldest accepted request waits too long, and rebuilds a stuck consumer.
+    stalls: StallWatch | None = None
     reconcile_interval_s: float = 60.0
     expiry_interval_s: float = 1.0
     orphan_interval_s: float = 1.0
@@ -68,6 +71,7 @@ class WorkerRole:
                     counter=self.repairs,
                 ),
                 sample_consumer_lag(self.lag, stop),
+                *([self.stalls.run(stop)] if self.stalls is not None else []),
             )
         finally:
             reconciling.cancel()

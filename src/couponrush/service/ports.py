@@ -225,6 +225,15 @@ class OutboxState:
 
 
 @dataclass(frozen=True, slots=True)
+class Undecided:
+    """The oldest accepted request not yet issued or refused (dead letters aside: they are parked)."""
+
+    request_id: str
+    coupon_id: int
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class CouponProgress:
     """Where one coupon's drop stands, from the database."""
 
@@ -239,6 +248,8 @@ class OperationsReader(Protocol):
     """What operators read: metrics at scrape time, ``couponrush coupons list`` and ``couponrush stats``."""
 
     async def outbox_state(self) -> OutboxState: ...
+
+    async def oldest_undecided(self) -> Undecided | None: ...
 
     async def open_coupon_progress(self, limit: int) -> list[CouponProgress]: ...
 

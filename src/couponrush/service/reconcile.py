@@ -59,6 +59,7 @@ class LedgerStats:
     dead_lettered: int
     unsent_outbox: int
     stuck: int  # pending longer than the re-drive threshold with nothing queued for them
+    stuck_ids: tuple[str, ...] = ()  # the oldest of them (at most 10)
 
 
 class Ledger(Protocol):
@@ -102,7 +103,14 @@ class CouponReport:
         parts.append("; ".join(self.problems) if self.problems else "consistent")
         if self.problems:
             parts.append("-> gate rebuilt" if self.repaired else "-> not repaired")
+        if self.ledger is not None and self.ledger.stuck:
+            more = "" if self.ledger.stuck <= len(self.ledger.stuck_ids) else ", ..."
+            parts.append(f"; STUCK (accepted, undecided, nothing queued): {', '.join(self.ledger.stuck_ids)}{more}")
         return " ".join(parts)
+
+    @property
+    def stuck(self) -> int:
+        return 0 if self.ledger is None else self.ledger.stuck
 
 
 def _gate_problems(view: GateView | None, expected: dict[int, str], quantity: int) -> tuple[set[str], set[str]]:

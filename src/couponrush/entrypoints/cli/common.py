@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -23,6 +23,7 @@ from couponrush.config import ConfigurationError, Settings, load_settings, unkno
 
 if TYPE_CHECKING:
     from couponrush.bootstrap import Services
+    from couponrush.observability.health import Probe
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("couponrush")
@@ -100,14 +101,14 @@ def stop_on_signals() -> asyncio.Event:
 
 
 @contextlib.asynccontextmanager
-async def role_endpoint(services: Services, port: int) -> AsyncIterator[None]:
+async def role_endpoint(services: Services, port: int, extra: Sequence[Probe] = ()) -> AsyncIterator[None]:
     """The relay's or worker's /metrics, /health/live and /health/ready on ``port`` (0: none)."""
     from couponrush.observability.server import ObservabilityServer
 
     if port == 0:
         yield
         return
-    server = ObservabilityServer(services.probes())
+    server = ObservabilityServer([*services.probes(), *extra])
     await server.start(services.settings.metrics_host, port)
     try:
         yield

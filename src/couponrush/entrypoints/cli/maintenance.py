@@ -65,8 +65,17 @@ def reconcile() -> None:
         console.print(report.line(), markup=False)
     repaired = sum(r.repaired for r in reports)
     unrepaired = sum(bool(r.problems) and not r.repaired for r in reports)
-    console.print(f"{len(reports)} open coupon(s) checked, {repaired} gate(s) repaired, {unrepaired} not repaired")
-    if unrepaired:
+    stuck = sum(r.stuck for r in reports)
+    console.print(
+        f"{len(reports)} open coupon(s) checked, {repaired} gate(s) repaired, {unrepaired} not repaired, "
+        f"{stuck} accepted request(s) stuck"
+    )
+    if stuck:
+        console.print(
+            f"[red]{stuck} accepted request(s) are undecided after {settings.redrive_after_s:g}s with nothing "
+            "queued for them[/red]: is a worker consuming the request topic? (see the lines above for their ids)"
+        )
+    if unrepaired or stuck:
         raise typer.Exit(1)
 
 

@@ -142,12 +142,17 @@ async def _worker(settings: Settings) -> None:
         worker_source,
         worker_topics,
     )
+    from couponrush.service.stalls import StallProbe
 
     stop = stop_on_signals()
     dlq_sink = worker_dead_letter_sink(settings)
     try:
         await require_topics(settings, worker_topics(settings), stop)  # COUPONRUSH_KAFKA_TOPICS=verify
-        async with open_services(settings) as services, role_endpoint(services, settings.worker_metrics_port):
-            await worker_role(services, worker_source(settings), dlq_sink).run(stop)
+        async with open_services(settings) as services:
+            role = worker_role(services, worker_source(settings), dlq_sink)
+            # Not ready while its consumer is stuck: subscribed, assigned nothing, requests waiting.
+            probes = [StallProbe(role.stalls)] if role.stalls is not None else []
+            async with role_endpoint(services, settings.worker_metrics_port, probes):
+                await role.run(stop)
     finally:
         await dlq_sink.close()

@@ -24,7 +24,9 @@ async def scrape(services: ServicesDep) -> Response:
     try:
         operations = services.operations()
         families = metrics.database_families(
-            await operations.outbox_state(), await operations.open_coupon_progress(MAX_COUPON_SERIES)
+            await operations.outbox_state(),
+            await operations.open_coupon_progress(MAX_COUPON_SERIES),
+            await operations.oldest_undecided(),
         )
     except Exception:
         # The process's own metrics still matter most when the database is away.

@@ -1,0 +1,95 @@
+"""A broker restarted empty, again and again, never stalls the pipeline's Kafka leg.
+
+The consumer polls all the time (as the worker does), so it often notices the empty broker first and
+re-creates the topics itself; the producer then finds them present. Whatever the order, every round's
+record must reach the consumer within a bound. Timing-dependent by nature: hence many rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from couponrush.adapters.kafka import KafkaSink, KafkaSource, consumer_config
+from couponrush.dev.broker import EmbeddedBroker, free_port
+from couponrush.service.ports import InboundRecord, OutboundMessage
+
+ROUNDS = 8
+# What the worker's stall watch does (bootstrap: two session timeouts of 6 s).
+REJOIN_AFTER_S = 12.0
+BOUND_S = 45.0  # within the 60 s the whole pipeline has to decide after a repair
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[EmbeddedBroker]:
+    own = EmbeddedBroker(port=free_port())
+    own.start()
+    yield own
+    own.stop()
+
+
+def kill_and_restart_empty(broker: EmbeddedBroker) -> None:
+    process = broker._process
+    assert process is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    broker._process = None
+    broker.start()
+
+
+async def test_every_record_is_consumed_across_repeated_empty_restarts(broker: EmbeddedBroker) -> None:
+    topic = f"restarts.{uuid.uuid4().hex[:8]}.v1"
+    config = consumer_config(
+        broker.bootstrap,
+        f"g{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        fetch_wait_max_ms=100,
+    )
+    source, sink = KafkaSource(config, {topic: 3}), KafkaSink(broker.bootstrap, {topic: 3})
+    await source.start()
+    seen: set[bytes] = set()
+    arrived = asyncio.Event()  # set whenever records arrive
+    stop = asyncio.Event()
+
+    async def consume() -> None:  # the worker's loop: poll, commit, and the stall watch's rebuild
+        while not stop.is_set():
+            records: list[InboundRecord] = await source.next_batch(100, 0.5)
+            seen.update(r.value for r in records if r.value is not None)
+            if records:
+                arrived.set()
+                await source.commit(records)
+            if source.unassigned_for() > REJOIN_AFTER_S:
+                source.request_rejoin(f"assigned nothing for {REJOIN_AFTER_S:g}s")
+
+    consuming = asyncio.create_task(consume())
+    took: list[float] = []
+    try:
+        for round_ in range(ROUNDS):
+            value = f"round-{round_}-{uuid.uuid4().hex}".encode()
+            started = time.monotonic()
+            # The relay's way: send until acknowledged, then again only if the record is not consumed in time
+            # (the re-drive), from the same sink.
+            while value not in seen:
+                assert time.monotonic() - started < BOUND_S, (round_, took)
+                await sink.send_all([OutboundMessage(topic, str(round_ % 5), value)])
+                deadline = time.monotonic() + 5
+                while value not in seen and time.monotonic() < deadline:
+                    arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), deadline - time.monotonic())
+            took.append(round(time.monotonic() - started, 1))
+            kill_and_restart_empty(broker)
+            await asyncio.sleep(2)  # the consumer notices the empty broker first and re-creates the topic
+    finally:
+        stop.set()
+        await consuming
+        await source.close()
+        await sink.close()
+    assert len(took) == ROUNDS
