@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint typecheck unit integration e2e chaos
+.PHONY: run test install bench services lint typecheck unit integration e2e chaos
 
 run: install services  ## install everything and run the whole system (API on :8000)
 	$(BIN)/couponrush dev
@@ -13,12 +13,15 @@ test: install services lint typecheck  ## install everything and run lint, types
 install:
 	scripts/install.sh
 
+bench: install  ## the benchmark project (bench/, the couponrush-bench command) into .venv; BENCHMARKS.md
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./bench
+
 services:
 	scripts/ensure-services.sh
 
 lint:
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench conftest.py
+	$(BIN)/ruff format --check src tests bench conftest.py
 
 typecheck:
 	$(BIN)/mypy

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11+) and install couponrush with its development tools. Idempotent.
+# Create .venv (Python 3.11+) and install couponrush with its development tools, and the bench project
+# (bench/: the harness the end-to-end tests run on). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -9,4 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./bench
 echo "installed: $(.venv/bin/couponrush --help >/dev/null && echo couponrush) in .venv"
