@@ -54,6 +54,8 @@ async def redrive_system(sandbox: Sandbox) -> AsyncIterator[System]:
     assert set(codes.values()) == {0}, codes
 
 
+# Slow (`make test-all`): the chaos scenario "broker killed, restarted empty" re-drives too (`make chaos`).
+@pytest.mark.slow
 async def test_a_request_the_broker_acknowledged_and_then_lost_is_re_driven_and_issued(
     redrive_system: System,
 ) -> None:

@@ -23,6 +23,10 @@ async def dlq_system(sandbox: Sandbox) -> AsyncIterator[System]:
     assert set(codes.values()) == {0}, codes
 
 
+# Slow (`make test-all`): ~30 s, most of it `couponrush dlq` finding the end of the topic by idleness. By
+# default, tests/e2e/test_issuing_pipeline.py parks a malformed record on the DLQ, and the unit tests pin
+# the bounded retries, the release and the replay.
+@pytest.mark.slow
 async def test_a_failing_request_is_dead_lettered_released_and_issued_after_replay(dlq_system: System) -> None:
     system = dlq_system
     conn = await system.db()

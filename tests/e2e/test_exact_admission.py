@@ -1,10 +1,15 @@
-"""OK means you get the coupon: the reserving gate under a real crowd, with one and two API processes."""
+"""OK means you get the coupon: the reserving gate under a real crowd, with one and two API processes.
+
+By default the Redis-flush drop runs: it asserts everything the plain drop does, through a gate rebuild.
+The plain and the two-process drops are ``slow`` (``make test-all``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import httpx
+import pytest
 
 from couponrush_bench.harness import System, create_coupon
 from couponrush_bench.invariants import Told, assert_ok_means_issued
@@ -24,12 +29,14 @@ async def ok_means_issued(system: System, coupon_id: int, answers: Sequence[Told
         await redis.aclose()
 
 
+@pytest.mark.slow
 async def test_5000_requests_from_2000_users_for_100_coupons_tell_exactly_100_ok(system: System) -> None:
     coupon_id = await new_coupon(system, 100)
     answers = await run_drop([system.base_url], coupon_id, crowd(2000, 5000, first_user=10_000), concurrency=200)
     await ok_means_issued(system, coupon_id, answers, quantity=100)
 
 
+@pytest.mark.slow
 async def test_the_same_drop_served_by_two_api_processes_at_once(system: System) -> None:
     second = await system.start_second_api()
     coupon_id = await new_coupon(system, 100)

@@ -9,6 +9,7 @@ import httpx
 
 from couponrush_bench.harness import Sandbox, create_coupon
 from couponrush_bench.invariants import settle
+from couponrush_bench.polling import eventually
 from tests.support.drop import Answer, run_drop
 from tests.support.kafka import read_all
 
@@ -30,6 +31,18 @@ async def test_migrating_the_request_topic_mid_drop_switches_relay_and_worker_wi
             return await run_drop([system.base_url], coupon_id, users, concurrency=20)
 
         answers = await wave(100)  # these go to v1
+        # ...once the relay has sent them (its first pass opens the producer; on a busy machine the switch
+        # could otherwise come first and send them to v2).
+        conn = await system.db()
+        try:
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
+                lambda unsent: unsent == 0,
+                timeout=30,
+                what="the first wave relayed to v1",
+            )
+        finally:
+            await conn.close()
         migration = asyncio.create_task(
             asyncio.to_thread(system.run, "topics", "migrate", "--to", "v2", "--partitions", "5")
         )

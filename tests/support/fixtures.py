@@ -58,14 +58,19 @@ async def sandbox(own_redis: OwnRedis, e2e_logs: Path) -> AsyncIterator[Sandbox]
     await box.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def system(sandbox: Sandbox) -> AsyncIterator[System]:
-    """The system shared by every test that only creates its own coupons and users (default settings)."""
+    """The system shared by the tests of a folder that only create their own coupons and users and leave it
+    running as they found it (default settings); one start-up instead of one per module."""
     running = await sandbox.start_system("main")
     yield running
     codes = await sandbox.stop_system(running)
-    # Every role shuts down cleanly on SIGTERM: finishes, commits, exits 0.
-    assert codes == {"relay": 0, "worker": 0, "api": 0}, (codes, running.log_of("worker")[-3000:])
+    # Every role shuts down cleanly on SIGTERM: finishes, commits, exits 0 (also those a test added).
+    assert {role: codes.get(role) for role in ("relay", "worker", "api")} == {"relay": 0, "worker": 0, "api": 0}, (
+        codes,
+        running.log_of("worker")[-3000:],
+    )
+    assert set(codes.values()) == {0}, codes
 
 
 @pytest.fixture(scope="session")
