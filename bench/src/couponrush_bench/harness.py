@@ -202,6 +202,8 @@ class Sandbox:
         redis_url: str | None = None,
     ) -> System:
         """A system on fresh state, booted with ``roles``; its database is ``name`` (see ``database_url``)."""
+        if any(running.name == name for running in self.systems):
+            raise ValueError(f"a system named {name!r} is running already (the name is its database's)")
         own: OwnRedis | None = None
         if redis_url is None:
             if self.redis is not None:
