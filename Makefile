@@ -2,35 +2,50 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint typecheck unit integration e2e chaos
+# Options for `couponrush dev`, e.g. make run ARGS="--broker-port 19092"
+ARGS ?=
 
-run: install services  ## install everything and run the whole system (API on :8000)
-	$(BIN)/couponrush dev
+.PHONY: run test test-all test-extra install install-dev bench services lint typecheck unit integration e2e chaos
 
-test: install services lint typecheck  ## install everything and run lint, types and the test suite
+run: install services  ## install what running needs and run the whole system (API on :8000)
+	$(BIN)/couponrush dev $(ARGS)
+
+test: install-dev services lint typecheck  ## install the dev tools too and run lint, types and the default test suite
 	$(BIN)/pytest
 
-install:
-	scripts/install.sh
+test-all: install-dev services lint typecheck  ## the default suite + the slow tests + bench/tests (not the full chaos set: make chaos)
+	$(BIN)/pytest tests bench/tests -m "not (slow and chaos)"
+
+test-extra: install-dev services  ## what test-all adds to make test (slow tests, bench/tests); CI runs it after make test
+	$(BIN)/pytest tests bench/tests -m "(slow and not chaos) or bench"
+
+install:  ## .venv with couponrush and its embedded servers (no dev tools)
+	scripts/install-runtime.sh
+
+install-dev:  ## install + the dev tools + the bench project
+	scripts/install-dev.sh
+
+bench: install  ## the benchmark project (bench/, the couponrush-bench command) into .venv; BENCHMARKS.md
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./bench
 
 services:
 	scripts/ensure-services.sh
 
-lint:
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+lint: install-dev
+	$(BIN)/ruff check src tests bench conftest.py
+	$(BIN)/ruff format --check src tests bench conftest.py
 
-typecheck:
+typecheck: install-dev
 	$(BIN)/mypy
 
-unit:
-	$(BIN)/pytest -m unit
+unit: install-dev
+	$(BIN)/pytest -m "unit and not slow"
 
-integration: services
-	$(BIN)/pytest -m integration
+integration: install-dev services
+	$(BIN)/pytest -m "integration and not slow"
 
-e2e: services
-	$(BIN)/pytest -m e2e
+e2e: install-dev services
+	$(BIN)/pytest -m "e2e and not slow"
 
-chaos: install services  ## the whole fault-injection suite (tests/chaos, ~10 min); RELIABILITY.md
+chaos: install-dev services  ## the whole fault-injection suite (tests/chaos, ~10 min); RELIABILITY.md
 	$(BIN)/pytest -m chaos -p no:cacheprovider --timeout 600 -v

@@ -1,8 +1,9 @@
 """A chaos run: a real drop against real processes, a fault injected mid-drop, recovery, the invariants.
 
 Every scenario gets its own system (database, its own ``redis-server``, embedded broker, the
-``couponrush`` role processes). Results are appended to ``.couponrush/chaos-results.jsonl`` in the
-checkout, from which RELIABILITY.md is filled.
+``couponrush`` role processes), from the harness the end-to-end tests and the benchmark share; the
+invariants are the harness's (``couponrush_bench.invariants.fault_checks``). Results are appended to
+``.couponrush/chaos-results.jsonl`` in the checkout, from which RELIABILITY.md is filled.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 import httpx
 
-from couponrush.adapters.gate import holders_key
+from couponrush_bench import invariants
+from couponrush_bench.harness import Sandbox, System, create_coupon
+from couponrush_bench.polling import eventually
+from couponrush_bench.servers import OwnRedis
 from tests.support.drop import Answer, crowd, run_drop
-from tests.support.faults import OwnRedis
-from tests.support.polling import eventually
-from tests.support.system import RunningSystem, create_coupon, start_system, stop_system
 
 RESULTS = Path(__file__).resolve().parents[2] / ".couponrush" / "chaos-results.jsonl"
 
@@ -74,42 +75,40 @@ class ChaosResult:
 
 @dataclass
 class Chaos:
-    """Starts systems for a test and stops them at the end; every role must then exit 0."""
+    """Starts systems for a test (each with a redis-server of its own, to restart) and stops them at the
+    end; every role must then exit 0."""
 
-    log_dir: Path
-    systems: list[tuple[RunningSystem, OwnRedis]] = field(default_factory=list)
+    sandbox: Sandbox
+    systems: list[tuple[System, OwnRedis]] = field(default_factory=list)
 
-    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> tuple[RunningSystem, OwnRedis]:
-        redis = OwnRedis()
+    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> tuple[System, OwnRedis]:
+        redis = OwnRedis(log_dir=self.sandbox.log_dir / f"chaos-{name}-redis")
         await redis.start()
         try:
-            system = await start_system(
-                f"chaos-{name}",
-                self.log_dir,
-                db_name=f"couponrush_chaos_{name}",
-                redis_db=0,
-                redis_base=redis.base_url,
-                extra_env={**CHAOS_ENV, **(extra_env or {})},
+            system = await self.sandbox.start_system(
+                f"chaos-{name}", redis_url=redis.url(0), extra_env={**CHAOS_ENV, **(extra_env or {})}
             )
         except BaseException:
-            redis.kill()
+            redis.stop()
             raise
         self.systems.append((system, redis))
         return system, redis
 
-    def stop_all(self) -> dict[str, int]:
+    async def stop_all(self) -> dict[str, int]:
         codes: dict[str, int] = {}
         for system, redis in self.systems:
             running = set(system.processes)  # not those a scenario killed on purpose
-            for role, code in stop_system(system).items():
-                if role in running:
-                    codes[f"{system.name}/{role}"] = code
-            redis.kill()
+            try:
+                for role, code in (await self.sandbox.stop_system(system)).items():
+                    if role in running:
+                        codes[f"{system.name}/{role}"] = code
+            finally:
+                redis.stop()
         return codes
 
 
 async def chaos_drop(
-    system: RunningSystem,
+    system: System,
     scenario: str,
     fault: Callable[[Faults], Awaitable[None]],
     *,
@@ -152,7 +151,7 @@ async def chaos_drop(
 
 
 async def check_invariants(
-    system: RunningSystem,
+    system: System,
     scenario: str,
     coupon_id: int,
     answers: list[Answer],
@@ -165,16 +164,8 @@ async def check_invariants(
     try:
         # Recovered = every accepted request decided (issued or refused) again. A run that never gets
         # there is still recorded (its "nothing accepted lost" fails), then the test fails.
-        with contextlib.suppress(AssertionError):
-            await eventually(
-                lambda: conn.fetchval(
-                    "SELECT count(*) FROM coupon_requests WHERE coupon_id = $1 AND status = 'PENDING'", coupon_id
-                ),
-                lambda pending: pending == 0,
-                timeout=settle_timeout_s,
-                interval=0.2,
-                what="every accepted request decided after the fault",
-            )
+        with contextlib.suppress(invariants.NotSettled):
+            await invariants.wait_decided(conn, coupon_id, settle_timeout_s, interval=0.2)
         settled_s = time.monotonic() - faults.first_at
         last_decided = await conn.fetchval(
             "SELECT extract(epoch FROM max(decided_at)) FROM coupon_requests"
@@ -190,24 +181,18 @@ async def check_invariants(
             faults.first_wall,
         )
         admitting_again_s = None if first_after is None else round(float(first_after) - (faults.first_wall or 0), 1)
-        holders = [
-            r["user_id"] for r in await conn.fetch("SELECT user_id FROM user_coupons WHERE coupon_id = $1", coupon_id)
-        ]
-        issued_count = await conn.fetchval("SELECT issued_count FROM coupons WHERE id = $1", coupon_id)
-        statuses = {
-            r["request_id"]: r["status"]
-            for r in await conn.fetch("SELECT request_id, status FROM coupon_requests WHERE coupon_id = $1", coupon_id)
-        }
+        settled = await invariants.read_settled(conn, coupon_id)
     finally:
         await conn.close()
+    holders = sorted(settled.holders)
     redis = system.redis()
 
     async def gate_holders() -> list[int]:
-        return sorted(int(u) for u in await redis.hkeys(holders_key(coupon_id)))  # type: ignore[misc]
+        return await invariants.gate_holders(redis, coupon_id)
 
     try:
         # A gate that drifted during the fault is repaired by the worker's periodic reconciliation.
-        in_gate = await eventually(gate_holders, lambda g: g == sorted(holders), timeout=40, interval=0.5)
+        in_gate = await eventually(gate_holders, lambda g: g == holders, timeout=40, interval=0.5)
     except AssertionError:
         in_gate = await gate_holders()
     finally:
@@ -215,15 +200,7 @@ async def check_invariants(
 
     told_ok = [a for a in answers if a.status == 200]
     demand = len({a.user_id for a in answers})
-    invariants = {
-        "issued <= quantity": issued_count <= quantity and len(holders) <= quantity,
-        "issued = quantity (demand exceeded it)": demand <= quantity or (issued_count == quantity == len(holders)),
-        "no user twice": len(holders) == len(set(holders)) and len({a.user_id for a in told_ok}) == len(told_ok),
-        "every user told OK holds the coupon": {a.user_id for a in told_ok} <= set(holders),
-        "nothing accepted lost": all(statuses.get(a.request_id or "") == "ISSUED" for a in told_ok),
-        "no 5xx answer": all(a.status < 500 for a in answers),
-        "gate matches the database": in_gate == sorted(holders),
-    }
+    checks = invariants.fault_checks(answers, settled, quantity, in_gate)
     return ChaosResult(
         scenario=scenario,
         requests=len(answers),
@@ -232,8 +209,8 @@ async def check_invariants(
         faults=faults.injected,
         answers={f"{s} {r or ''}".strip(): n for (s, r), n in Counter((a.status, a.reason) for a in answers).items()},
         told_ok=len(told_ok),
-        issued=issued_count,
-        invariants=invariants,
+        issued=settled.issued_count,
+        invariants=checks,
         recovery_s=round(recovery_s, 1),
         settled_s=round(settled_s, 1),
         admitting_again_s=admitting_again_s,

@@ -12,8 +12,8 @@ import re
 import pytest
 
 from couponrush.config import PUBLISH_REQUESTED_TOPIC
+from couponrush_bench.polling import eventually
 from tests.chaos.harness import Chaos, Faults, chaos_drop
-from tests.support.polling import eventually
 
 pytestmark = pytest.mark.slow
 

@@ -9,12 +9,12 @@ import time
 import httpx
 import pytest
 
+from couponrush_bench.harness import System
+from couponrush_bench.polling import eventually
 from tests.chaos.harness import Chaos, Faults, chaos_drop
-from tests.support.polling import eventually
-from tests.support.system import RunningSystem
 
 
-async def kill_and_restart_worker(system: RunningSystem, faults: Faults, *, name: str = "worker") -> None:
+async def kill_and_restart_worker(system: System, faults: Faults, *, name: str = "worker") -> None:
     # Only kill a worker that has joined its group: one leaving mid-join stalls Tansu's group for minutes.
     assigned = system.worker_assignments(name)
     assert system.stop(name, signal.SIGKILL) == -signal.SIGKILL

@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from couponrush_bench.polling import eventually
 from tests.chaos.harness import Chaos, Faults, chaos_drop
 from tests.support.faults import restart_postgres
-from tests.support.polling import eventually
-from tests.support.system import TEST_PG_BASE
+from tests.support.fixtures import TEST_PG_BASE
 
 pytestmark = pytest.mark.slow
 

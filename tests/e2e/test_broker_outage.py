@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.polling import eventually
-from tests.support.system import RunningSystem, create_coupon, start_system, stop_system
+from couponrush_bench.harness import Sandbox, System, create_coupon
+from couponrush_bench.polling import eventually
 
 
 @pytest.fixture
-async def outage_system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
-    running = await start_system("outage", e2e_logs, db_name="couponrush_e2e_outage", redis_db=13)
+async def outage_system(sandbox: Sandbox) -> AsyncIterator[System]:
+    running = await sandbox.start_system("outage")
     yield running
-    codes = stop_system(running)
+    codes = await sandbox.stop_system(running)
     assert codes == {"relay": 0, "worker": 0, "api": 0}, codes
 
 
-async def test_a_request_accepted_during_a_broker_outage_is_issued_after_it(outage_system: RunningSystem) -> None:
+async def test_a_request_accepted_during_a_broker_outage_is_issued_after_it(outage_system: System) -> None:
     system = outage_system
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
         coupon_id = await create_coupon(client, quantity=3)
@@ -48,21 +47,17 @@ async def test_a_request_accepted_during_a_broker_outage_is_issued_after_it(outa
 
 
 @pytest.fixture
-async def redrive_system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
-    running = await start_system(
-        "redrive",
-        e2e_logs,
-        db_name="couponrush_e2e_redrive",
-        redis_db=8,
-        extra_env={"COUPONRUSH_REDRIVE_AFTER_S": "2"},
-    )
+async def redrive_system(sandbox: Sandbox) -> AsyncIterator[System]:
+    running = await sandbox.start_system("redrive", extra_env={"COUPONRUSH_REDRIVE_AFTER_S": "2"})
     yield running
-    codes = stop_system(running)
+    codes = await sandbox.stop_system(running)
     assert set(codes.values()) == {0}, codes
 
 
+# Slow (`make test-all`): the chaos scenario "broker killed, restarted empty" re-drives too (`make chaos`).
+@pytest.mark.slow
 async def test_a_request_the_broker_acknowledged_and_then_lost_is_re_driven_and_issued(
-    redrive_system: RunningSystem,
+    redrive_system: System,
 ) -> None:
     system = redrive_system
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:

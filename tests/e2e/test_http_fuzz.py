@@ -17,7 +17,7 @@ from hypothesis.strategies import SearchStrategy
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
-from tests.support.system import ADMIN_TOKEN, RunningSystem
+from couponrush_bench.harness import ADMIN_TOKEN, System
 
 EXAMPLES_PER_OPERATION = 25
 
@@ -68,6 +68,6 @@ def fuzz(base_url: str) -> list[str]:
     return problems
 
 
-async def test_no_input_gets_a_5xx_and_every_4xx_is_in_the_envelope(system: RunningSystem) -> None:
+async def test_no_input_gets_a_5xx_and_every_4xx_is_in_the_envelope(system: System) -> None:
     problems = await asyncio.to_thread(fuzz, system.base_url)
     assert problems == [], "\n".join(problems[:20])

@@ -14,14 +14,14 @@ import pytest
 from confluent_kafka import Producer
 
 from couponrush.adapters.kafka import producer_config
-from tests.e2e.drop_checks import settled_totals
+from couponrush_bench.harness import ADMIN_TOKEN, System, coupon_body, create_coupon
+from couponrush_bench.invariants import settle
+from couponrush_bench.polling import eventually
 from tests.support.kafka import find_record, read_all
-from tests.support.polling import eventually
-from tests.support.system import ADMIN_TOKEN, RunningSystem, coupon_body, create_coupon
 
 
 @pytest.fixture
-async def client(system: RunningSystem) -> AsyncIterator[httpx.AsyncClient]:
+async def client(system: System) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30, limits=limits) as http:
         yield http
@@ -35,7 +35,7 @@ async def holdings(client: httpx.AsyncClient, user_id: int) -> list[dict[str, ob
 
 
 async def test_a_requested_coupon_is_issued_and_the_last_one_closes_the_gate(
-    system: RunningSystem, client: httpx.AsyncClient
+    system: System, client: httpx.AsyncClient
 ) -> None:
     """The report's CouponControllerE2ETest: request over HTTP, then wait until the user holds it."""
     coupon_id = await create_coupon(client, quantity=1)
@@ -73,9 +73,7 @@ async def test_a_requested_coupon_is_issued_and_the_last_one_closes_the_gate(
     assert published.key == str(coupon_id).encode()
 
 
-async def test_300_concurrent_requests_from_200_users_for_50_coupons(
-    system: RunningSystem, client: httpx.AsyncClient
-) -> None:
+async def test_300_concurrent_requests_from_200_users_for_50_coupons(system: System, client: httpx.AsyncClient) -> None:
     coupon_id = await create_coupon(client, quantity=50)
     users = [2000 + n for n in range(200)] + [2000 + n for n in range(100)]  # 100 users tap twice
 
@@ -89,7 +87,8 @@ async def test_300_concurrent_requests_from_200_users_for_50_coupons(
     assert all(r.json()["code"] == r.status_code for r in responses)
     reasons = {r.json()["data"]["reason"] for r in responses if r.status_code == 409}
     assert reasons <= {"SOLD_OUT", "ALREADY_REQUESTED"}
-    holders, decided = await settled_totals(system, coupon_id)
+    settled = await settle(system.database_url, coupon_id)
+    holders, decided = settled.holders, settled.decisions
     conn = await system.db()
     try:
         issued_count = await conn.fetchval("SELECT issued_count FROM coupons WHERE id = $1", coupon_id)
@@ -109,7 +108,7 @@ async def test_300_concurrent_requests_from_200_users_for_50_coupons(
 
 
 async def test_a_malformed_message_is_parked_on_the_dlq_and_the_worker_keeps_issuing(
-    system: RunningSystem, client: httpx.AsyncClient
+    system: System, client: httpx.AsyncClient
 ) -> None:
     coupon_id = await create_coupon(client, quantity=5)
     garbage = f"not-an-event-{uuid.uuid4().hex}".encode()

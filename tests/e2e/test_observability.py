@@ -15,11 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from couponrush.dev.broker import free_port
-from tests.e2e.drop_checks import settled_totals
+from couponrush_bench.harness import Sandbox, System, create_coupon
+from couponrush_bench.invariants import settle
+from couponrush_bench.polling import eventually
 from tests.support.drop import run_drop
 from tests.support.kafka import find_record
-from tests.support.polling import eventually
-from tests.support.system import RunningSystem, create_coupon, start_system, stop_system
 
 REQUESTED = "outside.coupon.publish.requested.v1"
 PUBLISHED = "outside.coupon.published.v1"
@@ -28,13 +28,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(scope="module")
-async def system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
+async def system(sandbox: Sandbox) -> AsyncIterator[System]:
     """This module's own system: its relay and worker serve metrics on known ports; the worker logs at DEBUG."""
-    running = await start_system(
+    running = await sandbox.start_system(
         "obs",
-        e2e_logs,
-        db_name="couponrush_e2e_obs",
-        redis_db=6,
         extra_env={
             "COUPONRUSH_RELAY_METRICS_PORT": str(free_port()),
             "COUPONRUSH_WORKER_METRICS_PORT": str(free_port()),
@@ -42,11 +39,11 @@ async def system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
         },
     )
     yield running
-    codes = stop_system(running)
+    codes = await sandbox.stop_system(running)
     assert {role: codes[role] for role in ("relay", "worker", "api")} == {"relay": 0, "worker": 0, "api": 0}, codes
 
 
-def endpoint(system: RunningSystem, role: str) -> str:
+def endpoint(system: System, role: str) -> str:
     return f"http://127.0.0.1:{system.extra_env[f'COUPONRUSH_{role.upper()}_METRICS_PORT']}"
 
 
@@ -73,12 +70,12 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-async def client(system: RunningSystem) -> AsyncIterator[httpx.AsyncClient]:
+async def client(system: System) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as http:
         yield http
 
 
-async def test_metrics_move_by_exactly_what_a_drop_did(system: RunningSystem, client: httpx.AsyncClient) -> None:
+async def test_metrics_move_by_exactly_what_a_drop_did(system: System, client: httpx.AsyncClient) -> None:
     coupon_id = await create_coupon(client, quantity=20)
     api0, relay0, worker0 = (
         await scrape(system.base_url),
@@ -108,8 +105,7 @@ async def test_metrics_move_by_exactly_what_a_drop_did(system: RunningSystem, cl
     ) - value(api0, "couponrush_http_requests_total", method="POST", route=PUBLISH_ROUTE, status="200")
     assert ok_answers == 20
 
-    holders, _ = await settled_totals(system, coupon_id)
-    assert len(holders) == 20
+    assert len((await settle(system.database_url, coupon_id)).holders) == 20
 
     async def worker_moved() -> tuple[float, float]:
         now = await scrape(endpoint(system, "worker"))
@@ -165,7 +161,7 @@ async def test_metrics_move_by_exactly_what_a_drop_did(system: RunningSystem, cl
 
 
 async def test_every_role_is_live_and_ready_and_an_api_without_kafka_is_not_ready(
-    system: RunningSystem, client: httpx.AsyncClient
+    system: System, client: httpx.AsyncClient
 ) -> None:
     ready = await client.get("/health/ready")
     assert (ready.status_code, ready.json()["data"]) == (200, {"postgres": "UP", "redis": "UP", "kafka": "UP"})
@@ -199,7 +195,7 @@ async def test_every_role_is_live_and_ready_and_an_api_without_kafka_is_not_read
 
 
 async def test_the_request_id_goes_from_the_http_answer_through_outbox_and_kafka_into_the_worker_log(
-    system: RunningSystem, client: httpx.AsyncClient
+    system: System, client: httpx.AsyncClient
 ) -> None:
     coupon_id = await create_coupon(client, quantity=1)
     response = await client.post("/api/v1/users/77/coupons/publish", json={"couponId": coupon_id})
@@ -235,9 +231,7 @@ async def test_the_request_id_goes_from_the_http_answer_through_outbox_and_kafka
     assert f"coupon {coupon_id} to user 77" in str(found[0]["msg"])
 
 
-async def test_two_api_processes_report_summed_counters_and_clean_up(
-    system: RunningSystem, client: httpx.AsyncClient
-) -> None:
+async def test_two_api_processes_report_summed_counters_and_clean_up(system: System, client: httpx.AsyncClient) -> None:
     coupon_id = await create_coupon(client, quantity=1000)
     port = free_port()
     system.start("api", name="api-multi", env={"COUPONRUSH_HTTP_PORT": str(port)}, args=("--workers", "2"))
@@ -276,14 +270,14 @@ async def _status(url: str) -> int:
         return 0
 
 
-def cli(system: RunningSystem, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "couponrush", *args], env=system.env, capture_output=True, text=True, timeout=60
     )
 
 
 async def test_operators_manage_coupons_and_watch_a_drop_from_the_cli(
-    system: RunningSystem, client: httpx.AsyncClient
+    system: System, client: httpx.AsyncClient
 ) -> None:
     created = cli(
         system, "coupons", "create", "--name", "cli coupon", "--quantity", "3", "--expires-in", "1d", "--json"
@@ -302,7 +296,7 @@ async def test_operators_manage_coupons_and_watch_a_drop_from_the_cli(
     assert json.loads(cli(system, "coupons", "open", str(coupon_id), "--json").stdout)[0]["status"] == "PUBLISHABLE"
     assert (await client.post("/api/v1/users/92/coupons/publish", json={"couponId": coupon_id})).status_code == 200
 
-    await settled_totals(system, coupon_id)
+    await settle(system.database_url, coupon_id)
     shown = json.loads(cli(system, "coupons", "show", str(coupon_id), "--json").stdout)
     assert (shown["issuedCount"], shown["remainingQuantity"], shown["pending"]) == (2, 1, 0)
     listed = json.loads(cli(system, "coupons", "list", "--json").stdout)

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 
 from couponrush.adapters.gate import gate_key, holders_key
-from tests.support.polling import eventually
-from tests.support.system import ADMIN_TOKEN, RunningSystem, create_coupon, start_system, stop_system
-
-
-@pytest.fixture(scope="module")
-async def lifecycle(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
-    running = await start_system("lifecycle", e2e_logs, db_name="couponrush_e2e_lifecycle", redis_db=11)
-    yield running
-    codes = stop_system(running)
-    assert set(codes.values()) == {0}, codes
+from couponrush_bench.harness import ADMIN_TOKEN, System, create_coupon
+from couponrush_bench.polling import eventually
 
 
 @pytest.fixture
-async def client(lifecycle: RunningSystem) -> AsyncIterator[httpx.AsyncClient]:
+def lifecycle(system: System) -> System:
+    """The shared system: these tests stop and restart its worker, and wait until it is back."""
+    return system
+
+
+@pytest.fixture
+async def client(lifecycle: System) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=lifecycle.base_url, timeout=30) as http:
         yield http
 
@@ -35,7 +32,7 @@ async def status_of(client: httpx.AsyncClient, user_id: int, coupon_id: int) -> 
     return data
 
 
-async def test_a_request_walks_from_pending_to_issued(lifecycle: RunningSystem, client: httpx.AsyncClient) -> None:
+async def test_a_request_walks_from_pending_to_issued(lifecycle: System, client: httpx.AsyncClient) -> None:
     coupon_id = await create_coupon(client, quantity=5)
     assigned = lifecycle.worker_assignments()
     lifecycle.stop("worker")  # nothing is issued while it is away
@@ -55,7 +52,7 @@ async def test_a_request_walks_from_pending_to_issued(lifecycle: RunningSystem, 
 
 
 async def test_a_request_whose_coupon_expires_before_issuing_is_rejected_and_gives_its_unit_back(
-    lifecycle: RunningSystem, client: httpx.AsyncClient
+    lifecycle: System, client: httpx.AsyncClient
 ) -> None:
     coupon_id = await create_coupon(client, quantity=5, expires_in=timedelta(seconds=3))
     assigned = lifecycle.worker_assignments()
@@ -118,7 +115,7 @@ async def test_closing_refuses_at_once_and_reopening_admits_again(client: httpx.
 
 
 async def test_expiry_turns_the_reports_flag_false_without_any_request(
-    lifecycle: RunningSystem, client: httpx.AsyncClient
+    lifecycle: System, client: httpx.AsyncClient
 ) -> None:
     coupon_id = await create_coupon(client, quantity=5, expires_in=timedelta(seconds=2))
     redis = lifecycle.redis()

@@ -7,15 +7,13 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 
 from couponrush.service.identity import user_token
-from tests.support.system import ADMIN_TOKEN, TEST_DB_PREFIX, TEST_PG_BASE, RunningSystem, start_system, stop_system
+from couponrush_bench.harness import ADMIN_TOKEN, Sandbox, System
 
 USER_SECRET = "user-token-secret-e2e-7f3a"
 DB_PASSWORD = "db-password-e2e-91c2"  # the test cluster trusts local connections: any password works
@@ -28,17 +26,14 @@ def with_password(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-async def guarded(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
-    db_url = with_password(f"{TEST_PG_BASE}/{TEST_DB_PREFIX}couponrush_e2e_security")
-    running = await start_system(
+async def guarded(sandbox: Sandbox) -> AsyncIterator[System]:
+    db_url = with_password(sandbox.database_url("security"))
+    running = await sandbox.start_system(
         "security",
-        e2e_logs,
-        db_name="couponrush_e2e_security",
-        redis_db=9,
         extra_env={"COUPONRUSH_USER_TOKEN_SECRET": USER_SECRET, "COUPONRUSH_DATABASE_URL": db_url},
     )
     yield running
-    codes = stop_system(running)
+    codes = await sandbox.stop_system(running)
     assert set(codes.values()) == {0}, codes
 
 
@@ -62,9 +57,7 @@ def assert_envelope(response: httpx.Response, status: int, reason: str) -> None:
         f"Bearer {USER_SECRET}",
     ],
 )
-async def test_admin_routes_refuse_without_or_with_a_wrong_token(
-    guarded: RunningSystem, authorization: str | None
-) -> None:
+async def test_admin_routes_refuse_without_or_with_a_wrong_token(guarded: System, authorization: str | None) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     async with httpx.AsyncClient(base_url=guarded.base_url, headers=headers) as client:
         body = {
@@ -84,7 +77,7 @@ async def test_admin_routes_refuse_without_or_with_a_wrong_token(
         await conn.close()
 
 
-async def test_with_an_identity_configured_a_user_reads_and_acts_only_as_themselves(guarded: RunningSystem) -> None:
+async def test_with_an_identity_configured_a_user_reads_and_acts_only_as_themselves(guarded: System) -> None:
     own, other = user_token(USER_SECRET, 7), user_token(USER_SECRET, 8)
     expired = user_token(USER_SECRET, 7, ttl_s=-1)
     forged = user_token("not-the-secret", 7)
@@ -112,20 +105,15 @@ async def test_with_an_identity_configured_a_user_reads_and_acts_only_as_themsel
         await conn.close()
 
 
-def test_a_user_token_is_printed_by_the_cli_for_operators(guarded: RunningSystem) -> None:
+def test_a_user_token_is_printed_by_the_cli_for_operators(guarded: System) -> None:
     token = guarded.run("user-token", "42", "--ttl", "60").stdout.decode().strip()
     assert token.startswith("u1.42.")
 
 
-async def test_no_secret_appears_in_any_log(guarded: RunningSystem) -> None:
-    # A migrate that creates its database logs where: it must not log the password.
-    fresh_name = f"{TEST_DB_PREFIX}couponrush_e2e_security_fresh"
-    admin = await asyncpg.connect(f"{TEST_PG_BASE}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh_name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    fresh = with_password(f"{TEST_PG_BASE}/{fresh_name}")
+async def test_no_secret_appears_in_any_log(guarded: System, sandbox: Sandbox) -> None:
+    # A migrate that creates its database logs where: it must not log the password. (A database of this
+    # run's, never there before: the sandbox drops it at the end.)
+    fresh = with_password(sandbox.database_url("security_fresh"))
     migrate = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "couponrush", "migrate"],

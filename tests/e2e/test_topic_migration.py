@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from pathlib import Path
 
 import httpx
 
-from tests.e2e.drop_checks import settled_totals
+from couponrush_bench.harness import Sandbox, create_coupon
+from couponrush_bench.invariants import settle
+from couponrush_bench.polling import eventually
 from tests.support.drop import Answer, run_drop
 from tests.support.kafka import read_all
-from tests.support.system import create_coupon, start_system, stop_system
 
 V1 = "outside.coupon.publish.requested.v1"
 V2 = "outside.coupon.publish.requested.v2"
 
 
-async def test_migrating_the_request_topic_mid_drop_switches_relay_and_worker_without_restart(e2e_logs: Path) -> None:
-    system = await start_system("topics", e2e_logs, db_name="couponrush_e2e_topics", redis_db=7)
+async def test_migrating_the_request_topic_mid_drop_switches_relay_and_worker_without_restart(sandbox: Sandbox) -> None:
+    system = await sandbox.start_system("topics")
     try:
         async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
             coupon_id = await create_coupon(client, quantity=5000)
@@ -31,6 +31,18 @@ async def test_migrating_the_request_topic_mid_drop_switches_relay_and_worker_wi
             return await run_drop([system.base_url], coupon_id, users, concurrency=20)
 
         answers = await wave(100)  # these go to v1
+        # ...once the relay has sent them (its first pass opens the producer; on a busy machine the switch
+        # could otherwise come first and send them to v2).
+        conn = await system.db()
+        try:
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
+                lambda unsent: unsent == 0,
+                timeout=30,
+                what="the first wave relayed to v1",
+            )
+        finally:
+            await conn.close()
         migration = asyncio.create_task(
             asyncio.to_thread(system.run, "topics", "migrate", "--to", "v2", "--partitions", "5")
         )
@@ -43,7 +55,8 @@ async def test_migrating_the_request_topic_mid_drop_switches_relay_and_worker_wi
 
         told_ok = sorted(a.user_id for a in answers if a.status == 200)
         assert len(told_ok) == len(answers)
-        holders, decisions = await settled_totals(system, coupon_id)
+        settled = await settle(system.database_url, coupon_id)
+        holders, decisions = settled.holders, settled.decisions
         assert sorted(holders) == told_ok  # nothing lost, nothing doubled
         assert decisions == Counter({("ISSUED", None): len(answers)})
 
@@ -78,5 +91,5 @@ async def test_migrating_the_request_topic_mid_drop_switches_relay_and_worker_wi
         # Across the switch: every request relayed to v1 was decided before any relayed to v2.
         assert max(decided[r] for r in via_v1) < min(decided[r] for r in via_v2)
     finally:
-        codes = stop_system(system)
+        codes = await sandbox.stop_system(system)
     assert set(codes.values()) == {0}, codes

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from couponrush.dev.broker import free_port, port_open
-from tests.support.polling import eventually
-from tests.support.system import ADMIN_TOKEN, create_coupon
+from couponrush_bench.harness import ADMIN_TOKEN, create_coupon
+from couponrush_bench.polling import eventually
 
 
 def _alive(pid: int) -> bool:

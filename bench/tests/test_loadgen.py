@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from couponrush.bench.loadgen import Call, post_json, run_load
+from couponrush_bench.loadgen import Call, post_json, run_load
 
 
 @pytest.fixture

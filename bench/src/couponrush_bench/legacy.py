@@ -7,9 +7,9 @@ time (refusing duplicates and requests past the quantity), and every ``interval`
 takes what was added since and bulk-inserts it (the request row with its ``requested_at`` and the
 issued coupon), so the same time-to-issue query measures both designs.
 
-Run by ``couponrush bench`` only: ``python -m couponrush.bench.legacy`` with the usual
+Run by ``couponrush-bench suite`` only: ``python -m couponrush_bench.legacy`` with the usual
 ``COUPONRUSH_DATABASE_URL`` / ``COUPONRUSH_REDIS_URL`` / ``COUPONRUSH_HTTP_PORT`` and
-``COUPONRUSH_LEGACY_INTERVAL_S``. It serves the same publish route as couponrush.
+``COUPONRUSH_BENCH_LEGACY_INTERVAL_S``. It serves the same publish route as couponrush.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from starlette.routing import Route
 
 from couponrush.adapters.db import create_pool
 
-log = logging.getLogger("couponrush.bench.legacy")
+log = logging.getLogger("couponrush_bench.legacy")
 
 # KEYS: queue (zset user -> arrival ms), quantity. ARGV: user, now ms.
 _ENQUEUE = """
@@ -94,6 +95,21 @@ async def move_batch(pool: asyncpg.Pool, redis: Redis, coupon_id: int, moved: in
         )
         await conn.execute("UPDATE coupons SET issued_count = issued_count + $2 WHERE id = $1", coupon_id, len(users))
     return len(users)
+
+
+def command() -> list[str]:
+    """The process that serves this design (for ``harness.System.commands``)."""
+    return [sys.executable, "-m", "couponrush_bench.legacy"]
+
+
+async def insert_coupon(conn: asyncpg.Connection, quantity: int) -> int:
+    """A coupon straight into the table: this design has no admin API."""
+    coupon_id: int = await conn.fetchval(
+        "INSERT INTO coupons (name, discount_rate, quantity, status, expired_at)"
+        " VALUES ('legacy', 0.1, $1, 'PUBLISHABLE', '2099-01-01') RETURNING id",
+        quantity,
+    )
+    return coupon_id
 
 
 def create_app(database_url: str, redis_url: str, interval_s: float) -> Starlette:
@@ -160,7 +176,7 @@ def main() -> None:
     app = create_app(
         os.environ["COUPONRUSH_DATABASE_URL"],
         os.environ["COUPONRUSH_REDIS_URL"],
-        float(os.environ.get("COUPONRUSH_LEGACY_INTERVAL_S", "60")),
+        float(os.environ.get("COUPONRUSH_BENCH_LEGACY_INTERVAL_S", "60")),
     )
     uvicorn.run(app, host="127.0.0.1", port=int(os.environ["COUPONRUSH_HTTP_PORT"]), log_level="warning")
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.system import ADMIN_TOKEN, TEST_DB_PREFIX, TEST_PG_BASE, TEST_REDIS_BASE, RunningSystem
+from tests.support.fixtures import DATABASES, TEST_PG_BASE
+
+from couponrush_bench.harness import ADMIN_TOKEN, System
 
 
 def test_the_suite_measures_a_small_drop_and_the_hot_coupon_on_fresh_systems(tmp_path: Path) -> None:
@@ -17,13 +19,12 @@ def test_the_suite_measures_a_small_drop_and_the_hot_coupon_on_fresh_systems(tmp
         [
             sys.executable,
             "-m",
-            "couponrush",
-            "bench",
+            "couponrush_bench",
             "suite",
             "--scenarios",
             "accept,hot-issue",
             "--variants",
-            "couponrush",
+            "couponrush,report",
             "--runs",
             "1",
             "--accept-requests",
@@ -36,13 +37,14 @@ def test_the_suite_measures_a_small_drop_and_the_hot_coupon_on_fresh_systems(tmp
             "1",
             "--out",
             str(out),
-            "--database-url",
-            f"{TEST_PG_BASE}/{TEST_DB_PREFIX}couponrush_e2e_bench",
-            "--redis-url",
-            f"{TEST_REDIS_BASE}/6",
+            "--postgres",
+            TEST_PG_BASE,
+            # The suite names its databases with this and an id of its own, and drops them when it ends.
+            "--db-prefix",
+            DATABASES.prefix + "bench_",
         ],
         capture_output=True,
-        timeout=170,
+        timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
@@ -57,15 +59,24 @@ def test_the_suite_measures_a_small_drop_and_the_hot_coupon_on_fresh_systems(tmp
     assert hot["issued_per_s"] > 0
     assert "| couponrush | 1 |" in (out / "summary.md").read_text()
     assert (out / "accept.png").stat().st_size > 0
+    # The report's design, rebuilt in the bench: every request accepted (the flag gate reserves nothing)
+    # and issued, one record per transaction.
+    [report_accept] = results["scenarios"]["accept"]["report"]["runs"]
+    assert report_accept["http"]["accepted"] == 400
+    assert report_accept["invariants"]["issued"] == 400
+    assert report_accept["invariants"]["every_issued_user_was_told_ok"] is True
+    assert "told_ok_equals_issued" not in report_accept["invariants"]
+    [report_hot] = results["scenarios"]["hot-issue"]["report"]["runs"]
+    assert (report_hot["issued"], report_hot["no_duplicates"]) == (300, True)
+    assert "| report | 1 |" in (out / "summary.md").read_text()
 
 
-def test_a_drop_against_the_running_system_reports_its_invariants(system: RunningSystem, tmp_path: Path) -> None:
+def test_a_drop_against_the_running_system_reports_its_invariants(system: System, tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "couponrush",
-            "bench",
+            "couponrush_bench",
             "drop",
             "--url",
             system.base_url,

@@ -1,4 +1,5 @@
-"""The benchmark's outputs: a Markdown summary of medians and PNG plots of representative runs."""
+"""The benchmark's outputs: the headline figures of each scenario, a Markdown summary of their medians and
+PNG plots of representative runs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,39 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from couponrush.bench.suite import HEADLINES
+# The figures reported as medians, per scenario: (label, path into one run's figures).
+HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "ceiling": [
+        ("req/s", ("http", "req_per_s")),
+        ("p99 ms", ("http", "latency_ms", "p99")),
+        ("generator CPU us/req", ("http", "generator_cpu_us_per_request")),
+        ("generator core share", ("http", "generator_core_share")),
+    ],
+    "accept": [
+        ("accepted/s", ("http", "accepted_per_s")),
+        ("generator core share", ("http", "generator_core_share")),
+        ("p50 ms", ("http", "latency_ms", "p50")),
+        ("p99 ms", ("http", "latency_ms", "p99")),
+        ("issue p99 ms", ("time_to_issue_ms", "p99")),
+        ("drain s", ("drain_s",)),
+    ],
+    "hot-issue": [("issued/s", ("issued_per_s",)), ("span s", ("issuing_span_s",))],
+    "steady": [
+        ("req/s", ("http", "req_per_s")),
+        ("http p99 ms", ("http", "latency_ms", "p99")),
+        ("issue p50 ms", ("time_to_issue_ms", "p50")),
+        ("issue p95 ms", ("time_to_issue_ms", "p95")),
+        ("issue p99 ms", ("time_to_issue_ms", "p99")),
+    ],
+    "drop": [
+        ("req/s", ("http", "req_per_s")),
+        ("p99 ms", ("http", "latency_ms", "p99")),
+        ("issued", ("invariants", "issued")),
+        ("told OK", ("invariants", "told_ok")),
+        ("last issue s", ("last_issue_after_its_acceptance_s",)),
+        ("drain s", ("drain_s",)),
+    ],
+}
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
