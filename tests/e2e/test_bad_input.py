@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.system import RunningSystem, create_coupon
+from couponrush_bench.harness import System, create_coupon
 
 
 def assert_envelope(response: httpx.Response, status: int, reason: str) -> None:
@@ -28,7 +28,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 PUBLISH_HEAD = b"POST /api/v1/users/1/coupons/publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
 
 
-async def test_a_declared_oversized_body_gets_413_before_a_byte_of_it_is_sent(system: RunningSystem) -> None:
+async def test_a_declared_oversized_body_gets_413_before_a_byte_of_it_is_sent(system: System) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", system.http_port)
     try:
         writer.write(PUBLISH_HEAD + b"content-length: 2000000\r\n\r\n")
@@ -42,7 +42,7 @@ async def test_a_declared_oversized_body_gets_413_before_a_byte_of_it_is_sent(sy
         writer.close()
 
 
-async def test_a_chunked_body_is_cut_off_with_413_once_past_the_limit(system: RunningSystem) -> None:
+async def test_a_chunked_body_is_cut_off_with_413_once_past_the_limit(system: System) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", system.http_port)
     try:
         chunk = b"x" * 8192  # one chunk past the limit; the sender would go on for megabytes
@@ -56,7 +56,7 @@ async def test_a_chunked_body_is_cut_off_with_413_once_past_the_limit(system: Ru
 
 
 @pytest.mark.parametrize("user", ["+1", "%201", "1_000", "01", "1.0", "-1", "0"])
-async def test_only_canonical_positive_integers_are_ids(system: RunningSystem, user: str) -> None:
+async def test_only_canonical_positive_integers_are_ids(system: System, user: str) -> None:
     async with httpx.AsyncClient(base_url=system.base_url) as client:
         coupon_id = await create_coupon(client, 5)
         publish = await client.post(f"/api/v1/users/{user}/coupons/publish", json={"couponId": coupon_id})
@@ -66,7 +66,7 @@ async def test_only_canonical_positive_integers_are_ids(system: RunningSystem, u
         assert_envelope(response, 400, "INVALID_REQUEST")
 
 
-async def test_the_body_takes_only_the_documented_field_name(system: RunningSystem) -> None:
+async def test_the_body_takes_only_the_documented_field_name(system: System) -> None:
     async with httpx.AsyncClient(base_url=system.base_url) as client:
         coupon_id = await create_coupon(client, 5)
         snake = await client.post("/api/v1/users/11/coupons/publish", json={"coupon_id": coupon_id})

@@ -288,6 +288,8 @@ async def test_operators_manage_coupons_and_watch_a_drop_from_the_cli(
     coupon_id = coupon["id"]
     # It opened at once: the gate admits.
     assert (await client.post("/api/v1/users/91/coupons/publish", json={"couponId": coupon_id})).status_code == 200
+    # Issued before the close: a request still pending when its coupon closes is refused NOT_OPEN.
+    await settle(system.database_url, coupon_id)
 
     closed = cli(system, "coupons", "close", str(coupon_id), "--json")
     assert json.loads(closed.stdout)[0]["status"] == "UNPUBLISHABLE"

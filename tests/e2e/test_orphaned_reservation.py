@@ -8,35 +8,31 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from couponrush.adapters.gate import holders_key
+from couponrush_bench.harness import Sandbox, System, create_coupon
 from tests.support.polling import eventually
-from tests.support.system import RunningSystem, create_coupon, start_system, stop_system
 
 GRACE_S = 3.0
 
 
 @pytest.fixture
-async def orphan_system(e2e_logs: Path) -> AsyncIterator[RunningSystem]:
-    running = await start_system(
+async def orphan_system(sandbox: Sandbox) -> AsyncIterator[System]:
+    running = await sandbox.start_system(
         "orphan",
-        e2e_logs,
-        db_name="couponrush_e2e_orphan",
-        redis_db=12,
         # Reconcile far away: what brings the unit back must be the orphan sweep, not the periodic reconcile.
         extra_env={"COUPONRUSH_REBUILD_GRACE_S": str(GRACE_S), "COUPONRUSH_RECONCILE_INTERVAL_S": "600"},
     )
     yield running
-    codes = stop_system(running)
+    codes = await sandbox.stop_system(running)
     assert set(codes.values()) <= {0}, codes
 
 
 async def test_the_unit_of_a_request_whose_api_died_before_recording_it_comes_back(
-    orphan_system: RunningSystem,
+    orphan_system: System,
 ) -> None:
     system = orphan_system
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
@@ -90,7 +86,7 @@ async def test_the_unit_of_a_request_whose_api_died_before_recording_it_comes_ba
     await redis.aclose()
 
 
-async def issued_users(system: RunningSystem, coupon_id: int) -> list[int]:
+async def issued_users(system: System, coupon_id: int) -> list[int]:
     conn = await system.db()
     try:
         rows = await conn.fetch("SELECT user_id FROM user_coupons WHERE coupon_id = $1", coupon_id)

@@ -139,3 +139,9 @@ class FlagGate:
 
     async def abort_rebuild(self, coupon_id: int, token: str) -> None:
         return None
+
+    async def unconfirmed(self, coupon_id: int, reserved_before: datetime, limit: int) -> list[tuple[int, str]]:
+        return []  # nothing is reserved, so nothing waits to be confirmed
+
+    async def confirm(self, coupon_id: int, reservations: Sequence[tuple[int, str]]) -> None:
+        return None

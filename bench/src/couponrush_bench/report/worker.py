@@ -69,6 +69,7 @@ async def run_worker(settings: Settings) -> None:
                 gate=services.gate,
                 reconciler=services.reconciler(),
                 lag=consumer,
+                fence=services.request_log(),
                 reconcile_interval_s=0,
             )
             await role.run(stop)
