@@ -100,10 +100,10 @@ class Services:
         return IssuingService(issuer=PostgresIssuer(self.pool, self.settings.published_topic), gate=self.gate)
 
     def request_log(self) -> PostgresRequestLog:
-        return PostgresRequestLog(self.pool, self.settings.publish_requested_topic)
+        return PostgresRequestLog(self.pool)
 
     def outbox(self) -> PostgresOutbox:
-        return PostgresOutbox(self.pool)
+        return PostgresOutbox(self.pool, self.settings.publish_requested_topic)
 
     def reconciler(self, counter: RepairCounter | None = None) -> Reconciler:
         return Reconciler(
@@ -128,7 +128,7 @@ class Services:
 def build_recorder(settings: Settings, pool: asyncpg.Pool) -> GroupCommitRequestLog:
     """Recording is bounded by RECORD_TIMEOUT_S in all: half queued at most, half for the transaction."""
     return GroupCommitRequestLog(
-        PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s / 2),
+        PostgresRequestLog(pool, timeout_s=settings.record_timeout_s / 2),
         queue_wait_s=settings.record_timeout_s / 2,
         max_batch=settings.record_batch_max,
         flushers=settings.record_flushers,
@@ -140,8 +140,14 @@ def build_gate(settings: Settings, redis: Redis) -> Gate:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+async def open_services(settings: Settings, role: str = "cli") -> AsyncIterator[Services]:
+    """Everything a process needs; ``role`` names its database sessions (``couponrush-<role>`` in pg_stat_activity)."""
+    pool = await create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        application_name=f"couponrush-{role}",
+    )
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     gate = build_gate(settings, redis)
     rebuilder = GateRebuilder(gate=gate, snapshots=PostgresGateSnapshots(pool), grace_s=settings.rebuild_grace_s)

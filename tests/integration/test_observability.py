@@ -43,7 +43,7 @@ async def test_ready_with_every_service_up_and_503_naming_kafka_when_it_does_not
 
 async def test_operator_queries_count_pending_requests_and_the_outbox(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
-    log = PostgresRequestLog(db, TOPIC)
+    log = PostgresRequestLog(db)
     for n in (1, 2):
         await log.record_accepted(
             PublishRequested(request_id=f"r{n}", user_id=n, coupon_id=coupon.id, requested_at=datetime.now(UTC))
@@ -78,8 +78,8 @@ async def test_the_issuing_span_joins_the_trace_of_the_http_request_across_outbo
     try:
         event = PublishRequested(request_id="traced1", user_id=1, coupon_id=coupon.id, requested_at=datetime.now(UTC))
         with tracing.span("POST /api/v1/users/{userId}/coupons/publish", kind="SERVER"):
-            await PostgresRequestLog(db, topic).record_accepted(event)  # the outbox row, as the API writes it
-        [row] = await PostgresOutbox(db).unsent(10)
+            await PostgresRequestLog(db).record_accepted(event)  # the outbox row, as the API writes it
+        [row] = await PostgresOutbox(db, topic).unsent(10)
         assert "traceparent" in row.message.headers
         assert await sink.send_all([row.message]) == [None]  # what the relay does
 

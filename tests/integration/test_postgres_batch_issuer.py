@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 
 from couponrush.adapters.coupons import PostgresCoupons
@@ -28,7 +29,7 @@ async def test_a_batch_issues_first_come_first_served_and_records_every_decision
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=3))
     events = [publish_requested(user_id=u, coupon_id=coupon.id) for u in (1, 2, 2, 3, 4, 5)]
     for event in events[:3]:  # some were recorded at admission, some only arrive with the event
-        await PostgresRequestLog(db, "requests").record_accepted(event)
+        await PostgresRequestLog(db).record_accepted(event)
 
     outcomes = await issuer(db).issue_batch(events, datetime.now(UTC))
 
@@ -133,7 +134,7 @@ async def test_a_batch_with_data_the_database_refuses_names_the_event_that_canno
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
     good = publish_requested(1, coupon.id)
     # A NUL character is valid JSON but PostgreSQL text refuses it: only the per-event retry finds who.
-    bad = publish_requested(2, coupon.id).model_copy(update={"request_id": "bad\x00id"})
+    bad = msgspec.structs.replace(publish_requested(2, coupon.id), request_id="bad\x00id")
     with pytest.raises(UnprocessableEvent):
         await issuer(db).issue_batch([good, bad], datetime.now(UTC))
     # The good event was issued on the way (singly); a redelivery of it is a replay.

@@ -31,7 +31,7 @@ async def request_rows(db: asyncpg.Pool) -> list[tuple[int, str, str | None]]:
 async def test_issuing_inserts_the_holding_counts_it_and_records_the_published_event(db: asyncpg.Pool) -> None:
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=2))
     event = publish_requested(user_id=7, coupon_id=coupon.id)
-    await PostgresRequestLog(db, "requests").record_accepted(event)
+    await PostgresRequestLog(db).record_accepted(event)
 
     outcome = await issue_one(issuer(db), event, datetime.now(UTC))
 

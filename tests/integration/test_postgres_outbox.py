@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import asyncpg
+import msgspec
 import pytest
 
 from couponrush.adapters import outbox as outbox_module
@@ -21,12 +22,12 @@ from tests.support.data import publish_requested
 
 async def test_an_accepted_request_is_recorded_with_its_outbox_event(db: asyncpg.Pool) -> None:
     event = publish_requested(user_id=7, coupon_id=3)
-    await PostgresRequestLog(db, "requests.v1").record_accepted(event)
+    await PostgresRequestLog(db).record_accepted(event)
 
     request = await db.fetchrow("SELECT user_id, coupon_id, status FROM coupon_requests")
     assert request is not None
     assert tuple(request) == (7, 3, "PENDING")
-    rows = await PostgresOutbox(db).unsent(10)
+    rows = await PostgresOutbox(db, "requests.v1").unsent(10)  # the request row is its event's outbox entry
     assert len(rows) == 1
     message = rows[0].message
     assert (message.topic, message.key) == ("requests.v1", "3")
@@ -34,14 +35,19 @@ async def test_an_accepted_request_is_recorded_with_its_outbox_event(db: asyncpg
     assert PublishRequested.from_json(message.payload) == event
 
 
-async def test_the_request_and_its_event_are_written_together_or_not_at_all(db: asyncpg.Pool) -> None:
+async def test_recording_a_request_again_is_idempotent_and_a_fenced_one_is_refused(db: asyncpg.Pool) -> None:
     event = publish_requested(user_id=7, coupon_id=3)
-    log = PostgresRequestLog(db, "requests.v1")
+    log = PostgresRequestLog(db)
     await log.record_accepted(event)
+    await log.record_accepted(event)  # e.g. asked again after a timeout left it unknown: still one request
+    assert await db.fetchval("SELECT count(*) FROM coupon_requests") == 1
+    assert len(await PostgresOutbox(db).unsent(10)) == 1  # and one event to send
+    lost = publish_requested(user_id=8, coupon_id=3)
+    assert await log.fence_unrecorded(3, [(8, lost.request_id)], lost.requested_at) == {lost.request_id}
     with pytest.raises(NotRecorded) as refused:
-        await log.record_accepted(event)  # same request id: its row is taken (e.g. fenced), so it is refused...
+        await log.record_accepted(lost)  # its API was too late: the sweep fenced it meanwhile
     assert "fenced" in str(refused.value)
-    assert await db.fetchval("SELECT count(*) FROM outbox") == 1  # ...and no second event is queued for it
+    assert [r.message.headers["request-id"] for r in await PostgresOutbox(db).unsent(10)] == [event.request_id]
 
 
 async def test_rows_are_marked_sent_or_failed_and_only_unsent_ones_come_back(db: asyncpg.Pool) -> None:
@@ -99,9 +105,9 @@ async def test_migrations_are_applied_once_and_the_schema_is_current(pool: async
 
 
 async def test_a_request_pending_too_long_is_published_again_once(db: asyncpg.Pool) -> None:
-    log = PostgresRequestLog(db, "requests.v1")
+    log = PostgresRequestLog(db)
     stuck = publish_requested(user_id=7, coupon_id=3)
-    stuck = stuck.model_copy(update={"requested_at": stuck.requested_at - timedelta(seconds=60)})
+    stuck = msgspec.structs.replace(stuck, requested_at=stuck.requested_at - timedelta(seconds=60))
     fresh = publish_requested(user_id=8, coupon_id=3)
     await log.record_accepted(stuck)
     await log.record_accepted(fresh)
@@ -117,12 +123,12 @@ async def test_a_request_pending_too_long_is_published_again_once(db: asyncpg.Po
 
 
 async def test_decided_requests_and_queued_events_are_never_re_driven(db: asyncpg.Pool) -> None:
-    log = PostgresRequestLog(db, "requests.v1")
+    log = PostgresRequestLog(db)
     old = publish_requested(user_id=7, coupon_id=3)
-    queued = old.model_copy(update={"requested_at": old.requested_at - timedelta(seconds=60)})
+    queued = msgspec.structs.replace(old, requested_at=old.requested_at - timedelta(seconds=60))
     await log.record_accepted(queued)  # its event is still unsent: the relay will send it
     decided = publish_requested(user_id=8, coupon_id=3)
-    await log.record_accepted(decided.model_copy(update={"requested_at": queued.requested_at}))
+    await log.record_accepted(msgspec.structs.replace(decided, requested_at=queued.requested_at))
     await db.execute("UPDATE coupon_requests SET status = 'ISSUED' WHERE user_id = 8")
-    await db.execute("UPDATE outbox SET sent_at = now() WHERE headers->>'request-id' <> $1", queued.request_id)
+    await db.execute("UPDATE coupon_requests SET relayed_at = now() WHERE request_id <> $1", queued.request_id)
     assert await log.redrive_stuck(older_than_s=30, limit=100) == 0

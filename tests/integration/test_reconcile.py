@@ -23,7 +23,7 @@ async def drop_in_progress(db: asyncpg.Pool, redis: Redis) -> tuple[int, Reconci
     coupon = await PostgresCoupons(db).create(new_coupon(quantity=5))
     gate = RedisReservingGate(redis)
     assert await gate.open(coupon, datetime.now(UTC), created=True)
-    log = PostgresRequestLog(db, "requests")
+    log = PostgresRequestLog(db)
     events = [publish_requested(user, coupon.id) for user in (1, 2, 3)]
     for event in events:
         await gate.admit(coupon.id, event.user_id, event.request_id, datetime.now(UTC))
@@ -89,7 +89,7 @@ async def test_accepted_requests_undecided_with_nothing_queued_are_named_as_stuc
 ) -> None:
     _, reconciler, _ = await drop_in_progress(db, redis)
     # The relay sent both pending events long ago (the broker then lost them): nothing is queued.
-    await db.execute("UPDATE outbox SET sent_at = now()")
+    await db.execute("UPDATE coupon_requests SET relayed_at = now()")
     await db.execute("UPDATE coupon_requests SET requested_at = now() - interval '5 minutes' WHERE status = 'PENDING'")
     stuck = {r["request_id"] for r in await db.fetch("SELECT request_id FROM coupon_requests WHERE status = 'PENDING'")}
     [report] = await reconciler.reconcile()

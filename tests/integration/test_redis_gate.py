@@ -188,3 +188,24 @@ async def test_a_rebuild_from_the_database_leaves_nothing_unconfirmed(redis: Red
     assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
     assert await gate.finish_rebuild(1, "t", GateSnapshot(coupon(quantity=3), {7: "r7"}), NOW)
     assert await gate.unconfirmed(1, NOW + timedelta(seconds=10), 10) == []
+
+
+async def evalsha_calls(redis: Redis) -> int:
+    stats: dict[str, dict[str, int]] = await redis.info("commandstats")  # type: ignore[misc]
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_admissions_of_one_tick_go_as_one_script_call_and_are_decided_in_arrival_order(redis: Redis) -> None:
+    gate = await opened(redis, quantity=10)
+    before = await evalsha_calls(redis)
+    # 40 callers in one tick, user 5 twice: one call decides them all, as one at a time would in this order.
+    users = [*range(1, 6), 5, *range(6, 40)]
+    verdicts = await asyncio.gather(*(gate.admit(1, u, f"r{i}", NOW) for i, u in enumerate(users)))
+    assert await evalsha_calls(redis) - before == 1
+    states = [v.state for v in verdicts]
+    assert states[:5] == [GateState.ADMITTED] * 5
+    assert states[5] is GateState.DUPLICATE  # user 5 again, within the same call
+    assert states[6:11] == [GateState.ADMITTED] * 5
+    assert {(v.state, v.reason) for v in verdicts[11:]} == {(GateState.CLOSED, RejectReason.SOLD_OUT)}
+    assert await gate_field(redis, "stock") == b"0"
+    assert len(await holders(redis)) == 10

@@ -285,8 +285,8 @@ class FakeLedger:
 @dataclass
 class FakeOutbox:
     rows: dict[int, OutboxRow] = field(default_factory=dict)
-    sent: list[int] = field(default_factory=list)
-    errors: dict[int, str] = field(default_factory=dict)
+    sent: list[int | str] = field(default_factory=list)
+    errors: dict[int | str, str] = field(default_factory=dict)
 
     def add(self, message: OutboundMessage) -> None:
         row_id = len(self.rows) + 1
@@ -295,10 +295,10 @@ class FakeOutbox:
     async def unsent(self, limit: int) -> list[OutboxRow]:
         return [r for i, r in sorted(self.rows.items()) if i not in self.sent][:limit]
 
-    async def mark_sent(self, ids: Sequence[int]) -> None:
+    async def mark_sent(self, ids: Sequence[int | str]) -> None:
         self.sent.extend(ids)
 
-    async def mark_failed(self, failures: Mapping[int, str]) -> None:
+    async def mark_failed(self, failures: Mapping[int | str, str]) -> None:
         self.errors.update(failures)
 
     async def wait_for_rows(self, timeout: float) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import ValidationError
 
-from couponrush.domain.events import PublishRequested
+from couponrush.domain.events import MalformedEvent, PublishRequested
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -33,5 +32,5 @@ def test_a_request_event_round_trips_in_camel_case() -> None:
     ],
 )
 def test_malformed_request_events_are_refused(raw: bytes) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(MalformedEvent):
         PublishRequested.from_json(raw)

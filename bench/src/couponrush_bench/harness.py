@@ -85,9 +85,9 @@ class System:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         """A ``couponrush`` command against this system, to completion."""
-        return subprocess.run(
-            [sys.executable, "-m", "couponrush", *args], env=self.env, capture_output=True, timeout=60, check=True
-        )
+        # "cli" in ``commands``: another design's (or checkout's) command line instead of ours.
+        command = list(self.commands.get("cli", [sys.executable, "-m", "couponrush"]))
+        return subprocess.run([*command, *args], env=self.env, capture_output=True, timeout=60, check=True)
 
     def start(
         self, role: str, *, name: str | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()

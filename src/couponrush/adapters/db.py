@@ -44,13 +44,22 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 20, application_name: str = "couponrush"
+) -> asyncpg.Pool:
     """A pool that exists even while PostgreSQL does not answer (roles start, readiness says why).
 
     Connections are made on demand (asyncpg's ``min_size=0`` opens none up front); ``min_size`` of
     them are opened now if PostgreSQL answers, so the first requests don't pay for connecting.
     """
-    pool = await asyncpg.create_pool(normalize_dsn(url), min_size=0, max_size=max_size, command_timeout=30)
+    pool = await asyncpg.create_pool(
+        normalize_dsn(url),
+        min_size=0,
+        max_size=max_size,
+        command_timeout=30,
+        # Names this process's sessions in pg_stat_activity (the benchmark charges their CPU to the role).
+        server_settings={"application_name": application_name},
+    )
     assert pool is not None
     try:
         async with asyncio.timeout(5):

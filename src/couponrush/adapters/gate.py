@@ -19,10 +19,12 @@ view for the report's readers; the gate itself never reads it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import redis.exceptions
 from redis.asyncio import Redis
@@ -107,19 +109,44 @@ class ReportFlag:
         await self.redis.mset({available_key(coupon_id): "false", closed_reason_key(coupon_id): reason.value})
 
 
-# KEYS: gate, holders, fresh. ARGV: user id, request id, now ms.
-# Every check comes before any write, so a refusal changes nothing.
+# KEYS: gate, holders, fresh. ARGV: now ms, then (user id, request id) pairs in arrival order.
+# Returns one verdict per pair: 'A' admitted (a unit reserved for it), 'D' this user holds one already,
+# or why not: a reason (SOLD_OUT, EXPIRED, NOT_OPEN...), MISSING (no state) or REBUILDING; then the
+# stock left. The coupon-wide checks come first and change nothing; each pair is then decided as a
+# single admission would be, seeing the pairs before it.
 _ADMIT = """
 local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open', 'reason', 'expires_at', 'stock')
-if g[1] then return {'REBUILDING'} end
-if not g[2] then return {'MISSING'} end
-if g[2] ~= '1' then return {'CLOSED', g[3] or 'NOT_OPEN'} end
-if tonumber(ARGV[3]) >= tonumber(g[4]) then return {'CLOSED', 'EXPIRED'} end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUPLICATE'} end
-if tonumber(g[5]) <= 0 then return {'CLOSED', 'SOLD_OUT'} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1] .. ':' .. ARGV[2])
-return {'ADMITTED', redis.call('HINCRBY', KEYS[1], 'stock', -1)}
+local n = (#ARGV - 1) / 2
+local out = {}
+local all = nil
+if g[1] then all = 'REBUILDING'
+elseif not g[2] then all = 'MISSING'
+elseif g[2] ~= '1' then all = g[3] or 'NOT_OPEN'
+elseif tonumber(ARGV[1]) >= tonumber(g[4]) then all = 'EXPIRED' end
+if all then
+  for i = 1, n do out[i] = all end
+  out[n + 1] = -1
+  return out
+end
+local stock = tonumber(g[5])
+local taken = 0
+for i = 1, n do
+  local user, request = ARGV[2 * i], ARGV[2 * i + 1]
+  if redis.call('HEXISTS', KEYS[2], user) == 1 then
+    out[i] = 'D'
+  elseif stock <= 0 then
+    out[i] = 'SOLD_OUT'
+  else
+    redis.call('HSET', KEYS[2], user, request)
+    redis.call('ZADD', KEYS[3], ARGV[1], user .. ':' .. request)
+    stock = stock - 1
+    taken = taken + 1
+    out[i] = 'A'
+  end
+end
+if taken > 0 then redis.call('HINCRBY', KEYS[1], 'stock', -taken) end
+out[n + 1] = stock
+return out
 """
 
 # KEYS: gate, holders, fresh. ARGV: user id, request id. Returns the stock after, or -1 if nothing was released.
@@ -191,6 +218,75 @@ return 1
 _READ = "return redis.call('HMGET', KEYS[1], 'open', 'reason', 'expires_at', 'stock')"
 
 
+# The script's verdict codes, each one shared verdict (nothing is allocated per request).
+_VERDICTS = {
+    b"A": GateVerdict(GateState.ADMITTED),
+    b"D": GateVerdict(GateState.DUPLICATE),
+    b"MISSING": GateVerdict(GateState.MISSING),
+    b"REBUILDING": GateVerdict(GateState.REBUILDING),
+    **{reason.value.encode(): GateVerdict(GateState.CLOSED, reason) for reason in RejectReason},
+}
+
+
+Batch = Callable[[int, int, Sequence[tuple[int, str]]], Awaitable[list[GateVerdict]]]
+
+
+class _Coalescer:
+    """Every admission made in one event-loop tick, sent as one script call per coupon.
+
+    Callers wait on a future each; the first caller of a tick schedules the dispatch (``call_soon``), which
+    runs after every request that arrived in that tick has asked. Batches are sent at once (one round trip
+    per coupon, all coupons concurrently), so a busy tick never waits for an earlier one. A failure of the
+    call is every caller's failure.
+    """
+
+    def __init__(self, send: Batch) -> None:
+        self.send = send
+        self.waiting: dict[int, tuple[int, list[tuple[int, str]], list[asyncio.Future[GateVerdict]]]] = {}
+        self.scheduled = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def admit(self, coupon_id: int, user_id: int, request_id: str, now_ms: int) -> asyncio.Future[GateVerdict]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GateVerdict] = loop.create_future()
+        batch = self.waiting.get(coupon_id)
+        if batch is None:
+            batch = self.waiting[coupon_id] = (now_ms, [], [])
+        batch[1].append((user_id, request_id))
+        batch[2].append(future)
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self._dispatch)
+        return future
+
+    def _dispatch(self) -> None:
+        self.scheduled = False
+        waiting, self.waiting = self.waiting, {}
+        for coupon_id, (now_ms, pairs, futures) in waiting.items():
+            self.background(self._send(coupon_id, now_ms, pairs, futures))
+
+    async def _send(
+        self, coupon_id: int, now_ms: int, pairs: list[tuple[int, str]], futures: list[asyncio.Future[GateVerdict]]
+    ) -> None:
+        try:
+            verdicts = await self.send(coupon_id, now_ms, pairs)
+        except BaseException as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, verdict in zip(futures, verdicts, strict=True):
+            if not future.done():
+                future.set_result(verdict)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
 def _gate_fields(coupon: Coupon, now: datetime) -> tuple[str, str]:
     """The gate's own ``open``/``reason``: only an administrator's close is stored; expiry and stock are derived."""
     reason = coupon.closed_reason(now)
@@ -207,37 +303,46 @@ class RedisReservingGate:
     # The hot scripts go by SHA (EVALSHA, reloaded by redis-py if the server lost them).
     _admit: AsyncScript = field(init=False, repr=False)
     _release: AsyncScript = field(init=False, repr=False)
+    _coalescer: _Coalescer = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_admit", self.redis.register_script(_ADMIT))
         object.__setattr__(self, "_release", self.redis.register_script(_RELEASE))
+        object.__setattr__(self, "_coalescer", _Coalescer(self._admit_batch))
 
     @property
     def flag(self) -> ReportFlag:
         return ReportFlag(self.redis)
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
+        """Joins every admission to this coupon made in the same event-loop tick: one script call for all."""
+        return await self._coalescer.admit(coupon_id, user_id, request_id, _epoch_ms(now))
+
+    async def _admit_batch(self, coupon_id: int, now_ms: int, pairs: Sequence[tuple[int, str]]) -> list[GateVerdict]:
+        args: list[int | str] = [now_ms]
+        for user_id, request_id in pairs:
+            args.append(user_id)
+            args.append(request_id)
         try:
-            answer = await self._admit(keys=_keys(coupon_id), args=(user_id, request_id, _epoch_ms(now)))
+            answer = await self._admit(keys=_keys(coupon_id), args=args)
         except redis.exceptions.ConnectionError as exc:
             if _never_connected(exc):
                 raise GateUnreachable(f"Redis is unreachable: {exc}") from exc
             raise
-        state = answer[0].decode()
-        if state == "ADMITTED":
-            if int(answer[1]) == 0:  # this request took the last unit: the report's flag turns false now
-                try:
-                    await self.flag.close(coupon_id, RejectReason.SOLD_OUT)
-                except Exception as exc:
-                    # The unit is reserved; the flag is only a view, and the worker sets it after commit.
-                    failed(log, exc, "could not turn the flag of coupon %s false", coupon_id)
-            return GateVerdict(GateState.ADMITTED)
-        if state == "CLOSED":
-            reason = RejectReason(answer[1].decode())
-            if reason is RejectReason.EXPIRED:
-                await self.close(coupon_id, reason)
-            return GateVerdict(GateState.CLOSED, reason)
-        return GateVerdict(GateState[state])
+        verdicts = [_VERDICTS[code] for code in answer[:-1]]
+        if int(answer[-1]) == 0 and any(v.state is GateState.ADMITTED for v in verdicts):
+            # This batch took the last unit: the report's flag turns false now (a view: not on the answer's path).
+            self._coalescer.background(self._flag_closed(coupon_id, RejectReason.SOLD_OUT))
+        elif verdicts and verdicts[0].reason is RejectReason.EXPIRED:
+            self._coalescer.background(self._flag_closed(coupon_id, RejectReason.EXPIRED))
+        return verdicts
+
+    async def _flag_closed(self, coupon_id: int, reason: RejectReason) -> None:
+        try:
+            await self.flag.close(coupon_id, reason)
+        except Exception as exc:
+            # The flag is only a view, and the worker sets it after commit.
+            failed(log, exc, "could not turn the flag of coupon %s false", coupon_id)
 
     async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
         stock = await self._release(keys=_keys(coupon_id), args=(user_id, request_id))

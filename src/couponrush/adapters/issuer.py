@@ -77,8 +77,8 @@ class PostgresIssuer:
             # An event normally arrives with its request row already written at admission;
             # registering it here too makes the worker correct for any well-formed event.
             await conn.execute(
-                "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
-                " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])"
+                "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at, relayed_at)"
+                " SELECT *, now() FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])"
                 " ON CONFLICT (request_id) DO NOTHING",
                 [e.request_id for e in events],
                 [e.user_id for e in events],
@@ -158,9 +158,9 @@ class PostgresIssuer:
                 [
                     published_message(
                         self.published_topic,
-                        # Built from our own committed rows: no validation needed (model_construct), the
-                        # same JSON on the wire (measured: validation was ~10% of a hot batch's CPU).
-                        Published.model_construct(
+                        # Built from our own committed rows: a struct, no validation (measured with a
+                        # validating model: ~10% of a hot batch's CPU).
+                        Published(
                             request_id=d.request.request_id,
                             user_id=d.request.user_id,
                             coupon_id=d.request.coupon_id,

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +34,45 @@ from couponrush.service.ports import InboundRecord, OutboundMessage
 log = logging.getLogger(__name__)
 
 
-def _settle(future: asyncio.Future[str | None], outcome: str | None) -> None:
-    if not future.done():
-        future.set_result(outcome)
+class _Batch:
+    """The acknowledgements of one batch of messages: one future, one cross-thread wake-up for the whole batch.
+
+    librdkafka reports each delivery on the producer's poll thread; a future (and a loop wake-up) per
+    message cost the relay about a third of its CPU under load.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, fatal: threading.Event) -> None:
+        self.loop = loop
+        self.results: list[str | None] = [None] * size
+        self.remaining = size
+        self.fatal = fatal
+        self.done: asyncio.Future[list[str | None]] = loop.create_future()
+        self._lock = threading.Lock()
+        if size == 0:
+            self.done.set_result([])
+
+    def reporter(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and err.fatal():
+                self.fatal.set()
+            self.settle(index, None if err is None else str(err), threadsafe=True)
+
+        return delivered
+
+    def settle(self, index: int, outcome: str | None, *, threadsafe: bool = False) -> None:
+        with self._lock:
+            self.results[index] = outcome
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
+            if threadsafe:
+                self.loop.call_soon_threadsafe(self._finish)
+            else:
+                self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.results)
 
 
 def producer_config(
@@ -151,17 +187,8 @@ class KafkaSink:
                 return [f"broker unavailable: {failure_text(exc)}"] * len(messages)
         producer = self._producer
         assert producer is not None
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[str | None]] = []
-        for message in messages:
-            future: asyncio.Future[str | None] = loop.create_future()
-            futures.append(future)
-
-            def _delivered(err: KafkaError | None, _msg: Message, f: asyncio.Future[str | None] = future) -> None:
-                if err is not None and err.fatal():
-                    self._fatal.set()
-                loop.call_soon_threadsafe(_settle, f, None if err is None else str(err))
-
+        batch = _Batch(asyncio.get_running_loop(), len(messages), self._fatal)
+        for index, message in enumerate(messages):
             while True:
                 try:
                     producer.produce(
@@ -169,7 +196,7 @@ class KafkaSink:
                         value=message.payload,
                         key=None if message.key is None else message.key.encode(),
                         headers=[(k, v.encode()) for k, v in message.headers.items()],
-                        on_delivery=_delivered,
+                        on_delivery=batch.reporter(index),
                         # -1: the partitioner picks by key; explicit only for topic-version markers.
                         partition=-1 if message.partition is None else message.partition,
                     )
@@ -179,9 +206,9 @@ class KafkaSink:
                 except KafkaException as exc:
                     if exc.args[0].fatal():
                         self._fatal.set()
-                    future.set_result(f"produce failed: {exc}")
+                    batch.settle(index, f"produce failed: {exc}")
                     break
-        results = list(await asyncio.gather(*futures))
+        results = await batch.done
         if any(result is not None for result in results):
             self._suspect = True
         return results

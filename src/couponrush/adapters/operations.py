@@ -17,11 +17,13 @@ class PostgresOperations:
     publish_requested_topic: str
 
     async def outbox_state(self) -> OutboxState:
-        # Both use the partial index on unsent rows; the smallest unsent id is the oldest row.
+        # Recorded requests not yet relayed, and outbox rows not yet sent (each by its partial index).
         record = await self.pool.fetchrow(
-            "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS backlog,"
-            " (SELECT extract(epoch FROM now() - created_at) FROM outbox WHERE sent_at IS NULL"
-            "  ORDER BY id LIMIT 1) AS age"
+            "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL)"
+            "   + (SELECT count(*) FROM coupon_requests WHERE relayed_at IS NULL) AS backlog,"
+            " greatest((SELECT extract(epoch FROM now() - created_at) FROM outbox WHERE sent_at IS NULL"
+            "  ORDER BY id LIMIT 1), (SELECT extract(epoch FROM now() - requested_at) FROM coupon_requests"
+            "  WHERE relayed_at IS NULL ORDER BY requested_at LIMIT 1)) AS age"
         )
         assert record is not None
         return OutboxState(backlog=int(record["backlog"]), oldest_age_s=max(0.0, float(record["age"] or 0.0)))
@@ -50,6 +52,7 @@ class PostgresOperations:
             "SELECT c.id, c.quantity, c.issued_count,"
             " (SELECT count(*) FROM coupon_requests r WHERE r.status = 'PENDING' AND r.coupon_id = c.id) AS pending,"
             " (SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND o.topic = $2 AND o.key = $3)"
+            " + (SELECT count(*) FROM coupon_requests r WHERE r.relayed_at IS NULL AND r.coupon_id = c.id)"
             "   AS unsent"
             " FROM coupons c WHERE c.id = $1",
             coupon_id,

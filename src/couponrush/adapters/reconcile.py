@@ -43,10 +43,9 @@ class PostgresLedger:
             " count(r.*) FILTER (WHERE r.status = 'REJECTED') AS rejected,"
             " count(r.*) FILTER (WHERE r.status = 'PENDING' AND r.dead_lettered_at IS NOT NULL) AS dead_lettered,"
             " count(r.*) FILTER (WHERE r.status = 'PENDING' AND r.dead_lettered_at IS NULL"
-            "   AND r.requested_at < now() - make_interval(secs => $3)"
-            "   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sent_at IS NULL"
-            "                   AND o.headers->>'request-id' = r.request_id)) AS stuck,"
-            " (SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND o.topic = $2"
+            "   AND r.requested_at < now() - make_interval(secs => $3) AND r.relayed_at IS NOT NULL) AS stuck,"
+            " count(r.*) FILTER (WHERE r.relayed_at IS NULL)"
+            " + (SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL AND o.topic = $2"
             "   AND o.key = c.id::text) AS unsent_outbox"
             " FROM coupons c LEFT JOIN coupon_requests r ON r.coupon_id = c.id"
             " WHERE c.id = $1 GROUP BY c.id",
@@ -63,9 +62,7 @@ class PostgresLedger:
                 for r in await self.pool.fetch(
                     "SELECT request_id FROM coupon_requests r WHERE r.coupon_id = $1 AND r.status = 'PENDING'"
                     " AND r.dead_lettered_at IS NULL AND r.requested_at < now() - make_interval(secs => $2)"
-                    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sent_at IS NULL"
-                    "                 AND o.headers->>'request-id' = r.request_id)"
-                    " ORDER BY r.requested_at LIMIT 10",
+                    " AND r.relayed_at IS NOT NULL ORDER BY r.requested_at LIMIT 10",
                     coupon_id,
                     stuck_after_s,
                 )

@@ -1,4 +1,9 @@
-"""Accepted requests: the request row and its outbox event, written in one transaction."""
+"""Accepted requests: one row each, which is also the outbox of its event (the relay sends it from there).
+
+Recording a batch of accepted requests is one autocommitted statement on a connection the recorder
+holds: no BEGIN/COMMIT round trips, no second insert into the outbox, no pool acquire/release (and
+its per-release reset query) per batch.
+"""
 
 from __future__ import annotations
 
@@ -9,86 +14,79 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-from couponrush.adapters import outbox
+from couponrush.adapters.db import Connection
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import RejectReason, RequestStatus, RequestView
 from couponrush.observability import tracing
 from couponrush.service.group_commit import GroupCommitter
-from couponrush.service.ports import NotRecorded, OutboundMessage
+from couponrush.service.ports import NotRecorded
 
-
-def publish_requested_message(topic: str, event: PublishRequested) -> OutboundMessage:
-    # Key = coupon id: every request for one coupon lands on one partition, in arrival order.
-    return OutboundMessage(
-        topic=topic,
-        key=str(event.coupon_id),
-        payload=event.to_json(),
-        # traceparent (only when tracing is on) lets the worker's span join the HTTP request's trace.
-        headers={"request-id": event.request_id, "event-type": event.type, **tracing.inject_headers()},
-    )
+_RECORD = (
+    "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at, traceparent)"
+    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[])"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     event: PublishRequested
-    message: OutboundMessage
+    # The caller's trace context (only when tracing is on), so the worker's span joins the HTTP request's trace.
+    traceparent: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class PostgresRequestLog:
     pool: asyncpg.Pool
-    topic: str
-    # Bound on one recording transaction, pool wait included.
+    # Bound on one recording, connection wait included.
     timeout_s: float = 2.0
 
     async def record_accepted(self, event: PublishRequested) -> None:
-        if await self.record_many([self.accepted(event)]):
-            raise NotRecorded("the request was fenced as never recorded (it took longer than the grace period)")
+        async with self.pool.acquire() as conn:
+            if await self.record_many([self.accepted(event)], conn):
+                raise NotRecorded("the request was fenced as never recorded (it took longer than the grace period)")
 
-    def accepted(self, event: PublishRequested) -> Accepted:
-        """The request with its outbox message, built now: in the caller's context (its trace)."""
-        return Accepted(event, publish_requested_message(self.topic, event))
+    @staticmethod
+    def accepted(event: PublishRequested) -> Accepted:
+        """The request with the caller's trace context, taken now: in the caller's context."""
+        return Accepted(event, tracing.inject_headers().get("traceparent") if tracing.enabled() else None)
 
-    async def record_many(self, accepted: Sequence[Accepted]) -> set[int]:
-        """Record accepted requests and their outbox events in one transaction (one statement each).
+    async def record_many(self, accepted: Sequence[Accepted], conn: Connection) -> set[int]:
+        """Record accepted requests in one statement (atomic on its own); each row is its event's outbox entry.
 
         Returns the positions of requests that were not recorded because their id is already taken:
         the orphan sweep fenced them as never recorded (service/orphans.py), after their API took
         longer than the grace period; they must not count as accepted.
 
-        Raises ``NotRecorded`` when the failure came before COMMIT was sent (nothing was recorded);
-        a failure during COMMIT propagates as it is: the outcome is unknown.
+        Raises ``NotRecorded`` when the database refused the statement (nothing was recorded); any
+        other failure (the connection lost, the bound reached while it ran) leaves it unknown.
         """
-        committing = False
         try:
-            async with asyncio.timeout(self.timeout_s), self.pool.acquire() as conn:
-                transaction = conn.transaction()
-                await transaction.start()
-                try:
-                    inserted = await conn.fetch(
-                        "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at)"
-                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])"
-                        " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                        [a.event.request_id for a in accepted],
-                        [a.event.user_id for a in accepted],
-                        [a.event.coupon_id for a in accepted],
-                        [a.event.requested_at for a in accepted],
-                    )
-                    recorded = {r["request_id"] for r in inserted}
-                    fenced = {i for i, a in enumerate(accepted) if a.event.request_id not in recorded}
-                    await outbox.enqueue_many(conn, [a.message for i, a in enumerate(accepted) if i not in fenced])
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
-                    raise
-                committing = True
-                await transaction.commit()
-                return fenced
-        except Exception as exc:
-            if committing:
-                raise
+            async with asyncio.timeout(self.timeout_s):
+                status = await conn.execute(
+                    _RECORD,
+                    [a.event.request_id for a in accepted],
+                    [a.event.user_id for a in accepted],
+                    [a.event.coupon_id for a in accepted],
+                    [a.event.requested_at for a in accepted],
+                    [a.traceparent for a in accepted],
+                )
+                if int(status.rsplit(" ", 1)[1]) == len(accepted):
+                    return set()
+                # Rare: some ids were taken meanwhile (fenced); find which.
+                taken = await conn.fetch(
+                    "SELECT request_id FROM coupon_requests WHERE request_id = ANY($1::text[]) AND reason = $2",
+                    [a.event.request_id for a in accepted],
+                    RejectReason.NOT_RECORDED.value,
+                )
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.OperatorInterventionError):
+                raise  # the connection or server went away while it ran: unknown
             raise NotRecorded(f"{type(exc).__name__}: {exc}") from exc
+        fenced_ids = {r["request_id"] for r in taken}
+        return {i for i, a in enumerate(accepted) if a.event.request_id in fenced_ids}
 
     async def fence_unrecorded(
         self, coupon_id: int, reservations: Sequence[tuple[int, str]], now: datetime
@@ -102,8 +100,10 @@ class PostgresRequestLog:
         if not reservations:
             return set()
         rows = await self.pool.fetch(
-            "INSERT INTO coupon_requests (request_id, user_id, coupon_id, requested_at, status, reason, decided_at)"
-            " SELECT r, u, $3, $4, 'REJECTED', 'NOT_RECORDED', $4 FROM unnest($1::text[], $2::bigint[]) AS f(r, u)"
+            "INSERT INTO coupon_requests"
+            " (request_id, user_id, coupon_id, requested_at, status, reason, decided_at, relayed_at)"
+            " SELECT r, u, $3, $4, 'REJECTED', 'NOT_RECORDED', $4, $4"
+            " FROM unnest($1::text[], $2::bigint[]) AS f(r, u)"
             " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
             [r for _, r in reservations],
             [u for u, _ in reservations],
@@ -113,37 +113,24 @@ class PostgresRequestLog:
         return {r["request_id"] for r in rows}
 
     async def redrive_stuck(self, older_than_s: float, limit: int) -> int:
-        """Publish again the requests pending for longer than ``older_than_s`` whose event is not queued.
+        """Send again the requests pending longer than ``older_than_s`` whose event was already sent.
 
-        Each is re-driven at most once per ``older_than_s``. Issuing is idempotent per request id,
-        so a re-drive of a request that was merely slow can never issue twice.
+        Their row is its own outbox entry: clearing ``relayed_at`` has the relay send it again. Each is
+        re-driven at most once per ``older_than_s``. Issuing is idempotent per request id, so a re-drive
+        of a request that was merely slow can never issue twice.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "WITH stuck AS ("
-                "  SELECT request_id FROM coupon_requests r"
-                "  WHERE status = 'PENDING' AND dead_lettered_at IS NULL"
-                "    AND requested_at < now() - make_interval(secs => $1)"
-                "    AND (redriven_at IS NULL OR redriven_at < now() - make_interval(secs => $1))"
-                "    AND NOT EXISTS (SELECT 1 FROM outbox o"
-                "                    WHERE o.sent_at IS NULL AND o.headers->>'request-id' = r.request_id)"
-                "  ORDER BY requested_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " UPDATE coupon_requests r SET redriven_at = now(), redrives = redrives + 1 FROM stuck"
-                " WHERE r.request_id = stuck.request_id"
-                " RETURNING r.request_id, r.user_id, r.coupon_id, r.requested_at, r.redrives",
-                older_than_s,
-                limit,
-            )
-            for row in sorted(rows, key=lambda r: r["requested_at"]):
-                event = PublishRequested(
-                    request_id=row["request_id"],
-                    user_id=row["user_id"],
-                    coupon_id=row["coupon_id"],
-                    requested_at=row["requested_at"],
-                )
-                message = publish_requested_message(self.topic, event)
-                headers = {**message.headers, "redrive": str(row["redrives"])}
-                await outbox.enqueue(conn, OutboundMessage(message.topic, message.key, message.payload, headers))
+        rows = await self.pool.fetch(
+            "WITH stuck AS ("
+            "  SELECT request_id FROM coupon_requests"
+            "  WHERE status = 'PENDING' AND dead_lettered_at IS NULL AND relayed_at IS NOT NULL"
+            "    AND requested_at < now() - make_interval(secs => $1)"
+            "    AND (redriven_at IS NULL OR redriven_at < now() - make_interval(secs => $1))"
+            "  ORDER BY requested_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " UPDATE coupon_requests r SET relayed_at = NULL, redriven_at = now(), redrives = redrives + 1"
+            " FROM stuck WHERE r.request_id = stuck.request_id RETURNING r.request_id",
+            older_than_s,
+            limit,
+        )
         return len(rows)
 
     async def mark_dead_lettered(self, request_id: str, error: str) -> bool:
@@ -169,20 +156,44 @@ class PostgresRequestLog:
 
 @dataclass
 class GroupCommitRequestLog:
-    """Records accepted requests through a group commit: concurrent requests share one transaction.
+    """Records accepted requests through a group commit: concurrent requests share one statement.
 
-    Bounded like a single recording: at most ``queue_wait_s`` queued (then ``NotRecorded``, since
-    no flush took it), plus one flush bounded by ``log.timeout_s``.
+    Each flusher holds a connection of its own for good (taken from the pool on first use, given back
+    when it fails or the log closes). Bounded like a single recording: at most ``queue_wait_s`` queued
+    (then ``NotRecorded``, since no flush took it), plus one flush bounded by ``log.timeout_s``.
     """
 
     log: PostgresRequestLog
     queue_wait_s: float = 1.0
     max_batch: int = 500
-    flushers: int = 2
+    flushers: int = 1
     committer: GroupCommitter[Accepted] = field(init=False)
+    _idle: list[PoolConnectionProxy] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.committer = GroupCommitter(self.log.record_many, max_batch=self.max_batch, concurrency=self.flushers)
+        self.committer = GroupCommitter(self._flush, max_batch=self.max_batch, concurrency=self.flushers)
+
+    async def _flush(self, batch: Sequence[Accepted]) -> set[int]:
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            try:
+                async with asyncio.timeout(self.log.timeout_s):
+                    conn = await self.log.pool.acquire()
+            except Exception as exc:
+                raise NotRecorded(f"no database connection: {type(exc).__name__}: {exc}") from exc
+        try:
+            fenced = await self.log.record_many(batch, conn)
+        except NotRecorded:
+            self._idle.append(conn)  # the statement was refused; the connection is fine
+            raise
+        except BaseException:
+            # Lost, cancelled or timed out mid-statement: never reuse it.
+            with contextlib.suppress(Exception):
+                await self.log.pool.release(conn)
+            raise
+        self._idle.append(conn)
+        return fenced
 
     async def record_accepted(self, event: PublishRequested) -> None:
         await self.committer.submit(self.log.accepted(event), self.queue_wait_s)
@@ -192,6 +203,9 @@ class GroupCommitRequestLog:
 
     async def close(self) -> None:
         await self.committer.close()
+        while self._idle:
+            with contextlib.suppress(Exception):
+                await self.log.pool.release(self._idle.pop())
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
-"""The events that cross Kafka: one typed, versioned model per topic, nothing else goes on the wire.
+"""The events that cross Kafka: one typed, versioned struct per topic, nothing else goes on the wire.
 
-Messages are JSON with camelCase fields. Unknown fields are rejected, so a producer bug
-shows up as a dead letter with a reason rather than as a silently misread request.
+Messages are JSON with camelCase fields. Unknown fields are rejected, so a producer bug shows up as
+a dead letter with a reason rather than as a silently misread request. msgspec structs: decoding and
+validating a record costs about a microsecond (the worker decodes every record it reads), and
+building one costs no validation (the service builds them from values it checked already).
 """
 
 from __future__ import annotations
@@ -9,35 +11,36 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+import msgspec
 
-PositiveId = Annotated[int, Field(strict=True, gt=0, le=2**63 - 1)]
+PositiveId = Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
-
-class _Event(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+# What a malformed record raises on decoding (the worker parks it on the dead-letter topic).
+MalformedEvent = msgspec.DecodeError
 
 
-class PublishRequested(_Event):
+class PublishRequested(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """A user asked for a coupon and the gate let the request through."""
 
     type: Literal["CouponPublishRequested"] = "CouponPublishRequested"
     version: Literal[1] = 1
-    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    request_id: RequestId
     user_id: PositiveId
     coupon_id: PositiveId
     requested_at: AwareDatetime
 
+    def to_json(self) -> bytes:
+        return _ENCODER.encode(self)
+
     @classmethod
     def from_json(cls, raw: bytes | str) -> PublishRequested:
-        return cls.model_validate_json(raw)
+        """Decode and validate; raises ``MalformedEvent`` saying what is wrong."""
+        return _REQUESTED.decode(raw)
 
 
-class Published(_Event):
+class Published(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """A coupon was issued to a user (committed in the database)."""
 
     type: Literal["CouponPublished"] = "CouponPublished"
@@ -48,3 +51,15 @@ class Published(_Event):
     issued_at: datetime
     issued_count: int
     quantity: int
+
+    def to_json(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Published:
+        return _PUBLISHED.decode(raw)
+
+
+_ENCODER = msgspec.json.Encoder()
+_REQUESTED = msgspec.json.Decoder(PublishRequested)
+_PUBLISHED = msgspec.json.Decoder(Published)

@@ -22,9 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
-
-from couponrush.domain.events import PublishRequested
+from couponrush.domain.events import MalformedEvent, PublishRequested
 from couponrush.service.logs import failed
 from couponrush.service.ports import DeadLetterLedger, DeadLetters, Gate, InboundRecord
 
@@ -94,5 +92,5 @@ def parse_request(record: InboundRecord) -> PublishRequested | None:
         return None
     try:
         return PublishRequested.from_json(record.value)
-    except (ValidationError, ValueError):
+    except (MalformedEvent, ValueError):
         return None

@@ -35,7 +35,8 @@ class OutboundMessage:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    id: int
+    # An outbox row's id, or the request id of a recorded request (its row is its event's outbox entry).
+    id: int | str
     message: OutboundMessage
     attempts: int
 
@@ -173,9 +174,9 @@ class Issuer(Protocol):
 class OutboxStore(Protocol):
     async def unsent(self, limit: int) -> list[OutboxRow]: ...
 
-    async def mark_sent(self, ids: Sequence[int]) -> None: ...
+    async def mark_sent(self, ids: Sequence[int | str]) -> None: ...
 
-    async def mark_failed(self, failures: Mapping[int, str]) -> None: ...
+    async def mark_failed(self, failures: Mapping[int | str, str]) -> None: ...
 
     async def wait_for_rows(self, timeout: float) -> None: ...
 

@@ -15,9 +15,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
-
-from couponrush.domain.events import PublishRequested
+from couponrush.domain.events import MalformedEvent, PublishRequested
 from couponrush.service.dead_letters import RetryPolicy
 from couponrush.service.issuing import IssuingService
 from couponrush.service.ports import DeadLetters, InboundRecord, RecordSource, UnprocessableEvent
@@ -54,7 +52,7 @@ class Worker:
                 events.append(PublishRequested.from_json(record.value))
                 if first_event_at is None:
                     first_event_at = index
-            except (ValidationError, ValueError) as exc:
+            except (MalformedEvent, ValueError) as exc:
                 if not await self._park(record, "MALFORMED", str(exc), stop):
                     return records[: index if first_event_at is None else first_event_at]
                 parked.add(index)
@@ -109,7 +107,7 @@ class Worker:
             if record.value is None:
                 raise ValueError("record has no value")
             event = PublishRequested.from_json(record.value)
-        except (ValidationError, ValueError) as exc:
+        except (MalformedEvent, ValueError) as exc:
             return await self._park(record, "MALFORMED", str(exc), stop)
         outages = 0  # consecutive failures of the infrastructure: retried forever
         failures = 0  # failures of this record itself: retried up to the policy's bound

@@ -19,12 +19,12 @@ from couponrush_bench.report.gate import FlagGate, RedisFlags
 
 
 class PerRequestLog(GroupCommitRequestLog):
-    """The report's recording: each accepted request and its outbox event in a transaction of their own
-    (``PostgresRequestLog.record_many`` of one). A ``GroupCommitRequestLog`` by type only, so that the
-    product's ``Services`` takes it; its committer is never started."""
+    """The report's recording: each accepted request in a statement of its own, on a connection taken
+    from the pool for it (``PostgresRequestLog.record_accepted``). A ``GroupCommitRequestLog`` by type
+    only, so that the product's ``Services`` takes it; its committer is never started."""
 
     async def record_accepted(self, event: PublishRequested) -> None:
-        await self.log.record_many([self.log.accepted(event)])
+        await self.log.record_accepted(event)
 
 
 @contextlib.asynccontextmanager
@@ -35,9 +35,7 @@ async def open_report_services(settings: Settings) -> AsyncIterator[Services]:
     gate = FlagGate(RedisFlags(redis), PostgresCoupons(pool))
     # The flag gate reserves nothing, so a rebuild has no in-flight reservation to wait out.
     rebuilder = GateRebuilder(gate=gate, snapshots=PostgresGateSnapshots(pool), grace_s=0.0)
-    recorder = PerRequestLog(
-        PostgresRequestLog(pool, settings.publish_requested_topic, timeout_s=settings.record_timeout_s)
-    )
+    recorder = PerRequestLog(PostgresRequestLog(pool, timeout_s=settings.record_timeout_s))
     try:
         yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder, recorder=recorder)
     finally:

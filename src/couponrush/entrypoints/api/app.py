@@ -112,7 +112,7 @@ async def _restore_missing_gates(services: Services) -> None:
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
+        async with open_services(settings, role="api") as services:
             app.state.services = services
             app.state.admission = services.admission()
             app.state.probes = services.probes()

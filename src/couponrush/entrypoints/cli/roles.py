@@ -117,7 +117,10 @@ async def _relay(settings: Settings) -> None:
     sink = relay_sink(settings)
     try:
         await require_topics(settings, relay_topics(settings), stop)  # COUPONRUSH_KAFKA_TOPICS=verify
-        async with open_services(settings) as services, role_endpoint(services, settings.relay_metrics_port):
+        async with (
+            open_services(settings, role="relay") as services,
+            role_endpoint(services, settings.relay_metrics_port),
+        ):
             log.info("relaying to %s once this relay holds the relay lock", settings.kafka_bootstrap_servers)
             await relay_role(services, sink).run(stop)
     finally:
@@ -148,7 +151,7 @@ async def _worker(settings: Settings) -> None:
     dlq_sink = worker_dead_letter_sink(settings)
     try:
         await require_topics(settings, worker_topics(settings), stop)  # COUPONRUSH_KAFKA_TOPICS=verify
-        async with open_services(settings) as services:
+        async with open_services(settings, role="worker") as services:
             role = worker_role(services, worker_source(settings), dlq_sink)
             # Not ready while its consumer is stuck: subscribed, assigned nothing, requests waiting.
             probes = [StallProbe(role.stalls)] if role.stalls is not None else []
