@@ -191,7 +191,7 @@ async def test_a_rebuild_from_the_database_leaves_nothing_unconfirmed(redis: Red
 
 
 async def evalsha_calls(redis: Redis) -> int:
-    stats: dict[str, dict[str, int]] = await redis.info("commandstats")  # type: ignore[misc]
+    stats: dict[str, dict[str, int]] = await redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 

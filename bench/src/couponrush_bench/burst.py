@@ -114,12 +114,16 @@ async def run(
     finally:
         await sandbox.close()
         redis.stop()
+    return results
+
+
+def write(results: Sequence[dict[str, Any]], out: Path) -> Path:
     summary = summarize(results)
     print(json.dumps(summary, indent=2))
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    (out / f"burst-{stamp}.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2) + "\n")
-    return results
+    path = out / f"burst-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps({"runs": list(results), "summary": summary}, indent=2) + "\n")
+    return path
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -160,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in (args.variant or ["now"])]
     started = time.monotonic()
-    asyncio.run(
+    results = asyncio.run(
         run(
             variants,
             runs=args.runs,
@@ -170,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             out=args.out,
         )
     )
-    print(f"done in {time.monotonic() - started:.0f}s; admin token for manual runs: {ADMIN_TOKEN}")
+    path = write(results, args.out)
+    print(f"done in {time.monotonic() - started:.0f}s: {path} (admin token for manual runs: {ADMIN_TOKEN})")
 
 
 if __name__ == "__main__":
