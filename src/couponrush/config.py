@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     # Answer plainly valid publish requests without FastAPI's per-request machinery (same contract;
     # see entrypoints/api/fast_publish.py). False: every request goes through the FastAPI route.
     http_fast_publish: bool = True
+    # "granian": its native interface (RSGI) answers the publish route without ASGI; "uvicorn": plain ASGI.
+    http_server: Literal["granian", "uvicorn"] = "granian"
     # Every body the API takes is a few hundred bytes; larger ones get 413 without being read whole.
     http_max_body_bytes: int = Field(default=4096, ge=256, le=1_048_576)
 

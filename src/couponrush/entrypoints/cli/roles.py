@@ -55,29 +55,57 @@ async def apply_migrations(settings: Settings) -> list[str]:
 
 
 def api(
-    workers: Annotated[int, typer.Option(help="HTTP worker processes")] = 1,
+    workers: Annotated[int, typer.Option(help="HTTP worker processes (0: one per core)")] = 1,
 ) -> None:
     """Serve the HTTP API on COUPONRUSH_HTTP_HOST:COUPONRUSH_HTTP_PORT."""
+    settings = setup("api")
+    count = workers if workers > 0 else (os.cpu_count() or 1)
+    with _metrics_directory():
+        if settings.http_server == "granian":
+            _serve_granian(settings, count)
+        else:
+            _serve_uvicorn(settings, count)
+
+
+def _serve_granian(settings: Settings, workers: int) -> None:
+    """granian's native interface (RSGI): the publish route answered without ASGI (entrypoints/api/rsgi.py)."""
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    Server(
+        "couponrush.entrypoints.api.rsgi:create_rsgi_app_from_env",
+        factory=True,
+        address=settings.http_host,
+        port=settings.http_port,
+        interface=Interfaces.RSGI,
+        workers=workers,
+        websockets=False,
+        backlog=2048,
+        # Our root logger (JSON or text, with request ids) writes the app's lines; granian's own stay off.
+        log_enabled=False,
+        workers_kill_timeout=15,
+    ).serve()
+
+
+def _serve_uvicorn(settings: Settings, workers: int) -> None:
     import uvicorn
 
-    settings = setup("api")
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal against the handler that was
     # installed before it. A no-op Python handler there makes a graceful stop exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    with _metrics_directory():
-        uvicorn.run(
-            "couponrush.entrypoints.api.main:create_app_from_env",
-            factory=True,
-            host=settings.http_host,
-            port=settings.http_port,
-            workers=workers,
-            log_level=settings.log_level.lower(),
-            # Our root logger (JSON or text, with request ids) formats uvicorn's lines too.
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+    uvicorn.run(
+        "couponrush.entrypoints.api.main:create_app_from_env",
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        # Our root logger (JSON or text, with request ids) formats uvicorn's lines too.
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 @contextlib.contextmanager
