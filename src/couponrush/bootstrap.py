@@ -135,7 +135,7 @@ def build_recorder(settings: Settings, pool: asyncpg.Pool) -> GroupCommitRequest
     )
 
 
-def build_gate(settings: Settings, redis: Redis) -> Gate:
+def build_gate(settings: Settings, redis: Redis) -> RedisReservingGate:
     return RedisReservingGate(redis)
 
 
@@ -152,9 +152,15 @@ async def open_services(settings: Settings, role: str = "cli") -> AsyncIterator[
     gate = build_gate(settings, redis)
     rebuilder = GateRebuilder(gate=gate, snapshots=PostgresGateSnapshots(pool), grace_s=settings.rebuild_grace_s)
     recorder = build_recorder(settings, pool)
+    # The API answers sold-out coupons in-process while it hears every gate change (adapters/gate.py).
+    unwatch = asyncio.Event()
+    watching = asyncio.create_task(gate.sold_out.watch(unwatch)) if role == "api" else None
     try:
         yield Services(settings=settings, pool=pool, redis=redis, gate=gate, rebuilder=rebuilder, recorder=recorder)
     finally:
+        unwatch.set()
+        if watching is not None:
+            await asyncio.gather(watching, return_exceptions=True)
         await recorder.close()
         await rebuilder.close()
         await redis.aclose()

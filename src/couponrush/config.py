@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     http_fast_publish: bool = True
     # "granian": its native interface (RSGI) answers the publish route without ASGI; "uvicorn": plain ASGI.
     http_server: Literal["granian", "uvicorn"] = "granian"
+    # Publish requests being decided at once per API process; more get a fast 503 with Retry-After.
+    http_max_inflight: int = Field(default=512, ge=1, le=100_000)
     # Every body the API takes is a few hundred bytes; larger ones get 413 without being read whole.
     http_max_body_bytes: int = Field(default=4096, ge=256, le=1_048_576)
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from couponrush.adapters.gate import RedisReservingGate, gate_key, holders_key
 from couponrush.domain.model import Coupon, CouponStatus, GateSnapshot, RejectReason
 from couponrush.service.ports import GateState
+from tests.support.polling import eventually
 
 NOW = datetime.now(UTC)
 
@@ -209,3 +210,72 @@ async def test_admissions_of_one_tick_go_as_one_script_call_and_are_decided_in_a
     assert {(v.state, v.reason) for v in verdicts[11:]} == {(GateState.CLOSED, RejectReason.SOLD_OUT)}
     assert await gate_field(redis, "stock") == b"0"
     assert len(await holders(redis)) == 10
+
+
+async def test_a_sold_out_coupon_is_refused_in_process_until_a_unit_comes_back(redis: Redis) -> None:
+    gate = await opened(redis, quantity=2)
+    stop = asyncio.Event()
+    watching = asyncio.create_task(gate.sold_out.watch(stop))
+    try:
+
+        async def subscribed() -> bool:
+            return gate.sold_out.active
+
+        await eventually(subscribed, bool, timeout=5, what="the gate-change subscription")
+        await asyncio.gather(gate.admit(1, 7, "r7", NOW), gate.admit(1, 8, "r8", NOW))  # takes the last unit
+
+        async def known() -> bool:
+            return 1 in gate.sold_out.known
+
+        await eventually(known, bool, timeout=5, what="the sold-out state read once")
+        calls = await evalsha_calls(redis)
+        refused = await gate.admit(1, 9, "r9", NOW)
+        again = await gate.admit(1, 7, "r7b", NOW)
+        assert (refused.state, refused.reason) == (GateState.CLOSED, RejectReason.SOLD_OUT)
+        assert again.state is GateState.DUPLICATE  # a holder hears ALREADY_REQUESTED, exactly as from the script
+        assert await evalsha_calls(redis) == calls  # no round trip for either
+
+        await gate.release(1, 8, "r8")  # a unit comes back: every API process forgets at once
+
+        async def forgotten() -> bool:
+            return 1 not in gate.sold_out.known
+
+        await eventually(forgotten, bool, timeout=5, what="the release heard")
+        assert (await gate.admit(1, 9, "r9", NOW)).state is GateState.ADMITTED
+    finally:
+        stop.set()
+        await watching
+
+
+async def test_without_the_subscription_nothing_is_answered_in_process(redis: Redis) -> None:
+    gate = await opened(redis, quantity=1)
+    await gate.admit(1, 7, "r7", NOW)
+    calls = await evalsha_calls(redis)
+    assert (await gate.admit(1, 8, "r8", NOW)).reason is RejectReason.SOLD_OUT
+    assert await evalsha_calls(redis) == calls + 1
+    assert gate.sold_out.known == {}
+
+
+async def test_a_flush_no_message_announces_is_noticed_by_the_recheck(redis: Redis) -> None:
+    gate = await opened(redis, quantity=1)
+    gate.sold_out.recheck_s = 0.2
+    stop = asyncio.Event()
+    watching = asyncio.create_task(gate.sold_out.watch(stop))
+    try:
+
+        async def subscribed() -> bool:
+            return gate.sold_out.active
+
+        await eventually(subscribed, bool, timeout=5, what="the gate-change subscription")
+        await gate.admit(1, 7, "r7", NOW)
+
+        async def known() -> bool:
+            return 1 in gate.sold_out.known
+
+        await eventually(known, bool, timeout=5, what="the sold-out state read once")
+        await redis.flushdb()  # Redis restarted empty under a live subscription: no message says so
+        await eventually(known, lambda k: not k, timeout=5, what="the flush noticed")
+        assert (await gate.admit(1, 8, "r8", NOW)).state is GateState.MISSING  # so the gate gets rebuilt
+    finally:
+        stop.set()
+        await watching

@@ -20,6 +20,7 @@ view for the report's readers; the gate itself never reads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -149,70 +150,122 @@ out[n + 1] = stock
 return out
 """
 
+# Every change that can make a sold-out coupon's answer differ (a unit released, opened, closed, rebuilt)
+# stamps the gate with the server's clock and announces the coupon on CHANNEL: each API process then
+# forgets what it knew (SoldOutCache). Prepended to the scripts that change a gate.
+CHANNEL = "couponrush:gate"
+_CHANGED = (
+    """
+local function changed()
+  local t = redis.call('TIME')
+  local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'changed', stamp)
+  redis.call('PUBLISH', '"""
+    + CHANNEL
+    + """', string.match(KEYS[1], '{(%d+)}') .. ':' .. stamp)
+end
+"""
+)
+
 # KEYS: gate, holders, fresh. ARGV: user id, request id. Returns the stock after, or -1 if nothing was released.
 # A gate without state (flushed) or being rebuilt is left alone: the rebuild counts from the database.
-_RELEASE = """
+_RELEASE = (
+    _CHANGED
+    + """
 local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open')
 if g[1] or not g[2] then return -1 end
 redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2])
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'stock', 1)
+local stock = redis.call('HINCRBY', KEYS[1], 'stock', 1)
+changed()
+return stock
+"""
+)
+
+# KEYS: gate, holders. What an API process may answer a sold-out coupon with, without asking again: the
+# change stamp, the expiry and every holder, only while the gate is open, not rebuilding and has no stock.
+_SOLD_OUT_VIEW = """
+local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open', 'stock', 'expires_at', 'changed')
+if g[1] or g[2] ~= '1' or tonumber(g[3] or '1') > 0 then return {} end
+local out = {g[5] or '0', g[4]}
+for _, user in ipairs(redis.call('HKEYS', KEYS[2])) do out[#out + 1] = user end
+return out
 """
 
 # KEYS: fresh. ARGV: reserved before (ms), limit. The reservations older than that, still unconfirmed.
 _STALE = "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))"
 
 # KEYS: gate. ARGV: open flag, reason. Only where the gate has state (else 0: a rebuild is needed).
-_SET_OPEN = """
+_SET_OPEN = (
+    _CHANGED
+    + """
 if redis.call('HEXISTS', KEYS[1], 'open') == 0 or redis.call('HEXISTS', KEYS[1], 'rebuilding') == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2])
+changed()
 return 1
 """
+)
 
 # KEYS: gate, holders, fresh. ARGV: open, reason, expires_at, quantity, stock. Creates a gate only if none exists.
-_INIT = """
+_INIT = (
+    _CHANGED
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2], 'expires_at', ARGV[3], 'quantity', ARGV[4],
            'stock', ARGV[5])
+changed()
 return 1
 """
+)
 
 # KEYS: gate. ARGV: token, now ms, lease ms. Fences admissions; a stale fence (rebuilder died) can be taken over.
-_BEGIN_REBUILD = """
+_BEGIN_REBUILD = (
+    _CHANGED
+    + """
 local holder = redis.call('HGET', KEYS[1], 'rebuilding')
 if holder and holder ~= ARGV[1] then
   local until_ms = tonumber(redis.call('HGET', KEYS[1], 'rebuild_until') or '0')
   if tonumber(ARGV[2]) < until_ms then return 0 end
 end
 redis.call('HSET', KEYS[1], 'rebuilding', ARGV[1], 'rebuild_until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+changed()
 return 1
 """
+)
 
 # KEYS: gate, holders, fresh. ARGV: token, open, reason, expires_at, quantity, stock, then user/request pairs.
 # The snapshot comes from the database, so every reservation in it is recorded: nothing is fresh.
-_FINISH_REBUILD = """
+_FINISH_REBUILD = (
+    _CHANGED
+    + """
 if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'open', ARGV[2], 'reason', ARGV[3], 'expires_at', ARGV[4], 'quantity', ARGV[5],
            'stock', ARGV[6])
+changed()
 return 1
 """
+)
 
 # KEYS: gate. ARGV: token. Lifts the fence; a gate that had no state goes back to missing.
-_ABORT_REBUILD = """
+_ABORT_REBUILD = (
+    _CHANGED
+    + """
 if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'open') == 1 then
   redis.call('HDEL', KEYS[1], 'rebuilding', 'rebuild_until')
+  changed()
 else
   redis.call('DEL', KEYS[1])
 end
 return 1
 """
+)
 
 # KEYS: gate. Returns open, reason, expires_at, stock (for the report's flag).
 _READ = "return redis.call('HMGET', KEYS[1], 'open', 'reason', 'expires_at', 'stock')"
@@ -287,6 +340,123 @@ class _Coalescer:
         task.add_done_callback(self.tasks.discard)
 
 
+@dataclass(frozen=True, slots=True)
+class _SoldOut:
+    changed: int  # the gate's change stamp when this was read
+    expires_ms: int
+    holders: frozenset[int]
+
+
+_SOLD_OUT = GateVerdict(GateState.CLOSED, RejectReason.SOLD_OUT)
+_DUPLICATE = GateVerdict(GateState.DUPLICATE)
+
+
+@dataclass
+class SoldOutCache:
+    """What this process knows of sold-out coupons, to refuse their requests without a Redis round trip.
+
+    After sell-out nearly every request of a drop is refused; each one costing a script call is most of
+    what the API does then. The answer is exactly the script's: ALREADY_REQUESTED to a holder, SOLD_OUT to
+    anyone else, until the coupon expires. It is filled from one atomic read of the gate (its holders and
+    change stamp) after a batch leaves it with no stock, and dropped when the gate announces a change on
+    CHANNEL (a unit released, a reopen or close, a rebuild). A read older than the last change heard of is
+    not kept. While the subscription is down nothing is kept: every request asks Redis, as without it.
+    What is kept is read again every ``recheck_s`` (one call per sold-out coupon): a change no message
+    announces (Redis flushed or restarted under a live subscription) is noticed within that, and the next
+    request finds the gate gone and has it rebuilt.
+    """
+
+    redis: Redis
+    known: dict[int, _SoldOut] = field(default_factory=dict)
+    # The newest change stamp heard of, per coupon (a read older than it is stale).
+    heard: dict[int, int] = field(default_factory=dict)
+    active: bool = False
+    recheck_s: float = 1.0
+    _loading: set[int] = field(default_factory=set)
+    _view: AsyncScript | None = None
+
+    def answer(self, coupon_id: int, user_id: int, now_ms: int) -> GateVerdict | None:
+        known = self.known.get(coupon_id)
+        if known is None:
+            return None
+        if now_ms >= known.expires_ms:
+            del self.known[coupon_id]  # expired since: the script says so
+            return None
+        return _DUPLICATE if user_id in known.holders else _SOLD_OUT
+
+    async def learn(self, coupon_id: int, *, again: bool = False) -> None:
+        """Read the gate of a coupon that just showed no stock, and keep it if it is sold out (``again``: read
+        a kept one anew, dropping it unless it is still sold out and unchanged)."""
+        if not self.active or coupon_id in self._loading or (coupon_id in self.known and not again):
+            return
+        self._loading.add(coupon_id)
+        try:
+            if self._view is None:
+                self._view = self.redis.register_script(_SOLD_OUT_VIEW)
+            view = await self._view(keys=(gate_key(coupon_id), holders_key(coupon_id)))
+            kept = self.known.get(coupon_id)
+            if not view or not self.active:
+                self.known.pop(coupon_id, None)
+                return
+            changed = int(view[0])
+            if kept is not None and kept.changed == changed:
+                return  # as it was
+            if changed >= self.heard.get(coupon_id, 0):
+                self.known[coupon_id] = _SoldOut(changed, int(view[1]), frozenset(int(u) for u in view[2:]))
+            else:
+                self.known.pop(coupon_id, None)
+        except Exception as exc:
+            self.known.pop(coupon_id, None)
+            failed(log, exc, "could not read the sold-out state of coupon %s", coupon_id)
+        finally:
+            self._loading.discard(coupon_id)
+
+    def heard_change(self, message: bytes) -> None:
+        coupon, _, stamp = message.partition(b":")
+        coupon_id, changed = int(coupon), int(stamp)
+        self.known.pop(coupon_id, None)
+        if changed > self.heard.get(coupon_id, 0):
+            self.heard[coupon_id] = changed
+
+    def forget(self) -> None:
+        self.active = False
+        self.known.clear()
+        self.heard.clear()
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Listen for gate changes until ``stop``; (re)subscribe after a lost connection."""
+        pause = 0.5
+        while not stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self.active = True
+                pause = 0.5
+                loop = asyncio.get_running_loop()
+                recheck_at = loop.time() + self.recheck_s
+                while not stop.is_set():
+                    wait = max(0.0, min(1.0, recheck_at - loop.time()))
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    if message is not None and message.get("type") == "message":
+                        self.heard_change(message["data"])
+                    if loop.time() >= recheck_at:
+                        recheck_at = loop.time() + self.recheck_s
+                        for coupon_id in list(self.known):
+                            await self.learn(coupon_id, again=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failed(log, exc, "lost the gate-change subscription; asking Redis for every request meanwhile")
+            finally:
+                self.forget()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+                pause = min(pause * 2, 10.0)
+
+
 def _gate_fields(coupon: Coupon, now: datetime) -> tuple[str, str]:
     """The gate's own ``open``/``reason``: only an administrator's close is stored; expiry and stock are derived."""
     reason = coupon.closed_reason(now)
@@ -304,19 +474,28 @@ class RedisReservingGate:
     _admit: AsyncScript = field(init=False, repr=False)
     _release: AsyncScript = field(init=False, repr=False)
     _coalescer: _Coalescer = field(init=False, repr=False)
+    # Sold-out coupons answered in-process; only used while ``sold_out.watch`` runs (the API starts it).
+    sold_out: SoldOutCache = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_admit", self.redis.register_script(_ADMIT))
         object.__setattr__(self, "_release", self.redis.register_script(_RELEASE))
         object.__setattr__(self, "_coalescer", _Coalescer(self._admit_batch))
+        object.__setattr__(self, "sold_out", SoldOutCache(self.redis))
 
     @property
     def flag(self) -> ReportFlag:
         return ReportFlag(self.redis)
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
-        """Joins every admission to this coupon made in the same event-loop tick: one script call for all."""
-        return await self._coalescer.admit(coupon_id, user_id, request_id, _epoch_ms(now))
+        """Joins every admission to this coupon made in the same event-loop tick: one script call for all.
+
+        A coupon this process knows to be sold out is answered at once (``SoldOutCache``)."""
+        now_ms = _epoch_ms(now)
+        known = self.sold_out.answer(coupon_id, user_id, now_ms)
+        if known is not None:
+            return known
+        return await self._coalescer.admit(coupon_id, user_id, request_id, now_ms)
 
     async def _admit_batch(self, coupon_id: int, now_ms: int, pairs: Sequence[tuple[int, str]]) -> list[GateVerdict]:
         args: list[int | str] = [now_ms]
@@ -330,7 +509,10 @@ class RedisReservingGate:
                 raise GateUnreachable(f"Redis is unreachable: {exc}") from exc
             raise
         verdicts = [_VERDICTS[code] for code in answer[:-1]]
-        if int(answer[-1]) == 0 and any(v.state is GateState.ADMITTED for v in verdicts):
+        stock = int(answer[-1])
+        if stock == 0 and self.sold_out.active:
+            self._coalescer.background(self.sold_out.learn(coupon_id))
+        if stock == 0 and any(v.state is GateState.ADMITTED for v in verdicts):
             # This batch took the last unit: the report's flag turns false now (a view: not on the answer's path).
             self._coalescer.background(self._flag_closed(coupon_id, RejectReason.SOLD_OUT))
         elif verdicts and verdicts[0].reason is RejectReason.EXPIRED:

@@ -21,6 +21,7 @@ from couponrush.entrypoints.api.body_limit import BodyLimitMiddleware
 from couponrush.entrypoints.api.deps import AdminRequired, NoRequest, UserRequired
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
+from couponrush.entrypoints.api.publish import Inflight
 from couponrush.entrypoints.api.routes import coupons, health, metrics, users
 from couponrush.observability import metrics as counters
 from couponrush.service.admission import Refused, Unavailable
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         async with open_services(settings, role="api") as services:
             app.state.services = services
             app.state.admission = services.admission()
+            app.state.inflight = Inflight(settings.http_max_inflight)
             app.state.probes = services.probes()
             # Redis keeps nothing on disk: restore the gate of every open coupon it has lost.
             restoring = asyncio.create_task(_restore_missing_gates(services))

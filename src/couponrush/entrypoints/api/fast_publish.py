@@ -70,7 +70,8 @@ class FastPublishMiddleware:
             await self.app(scope, _replay(body, receive), send)  # FastAPI answers, as without this path
             return
         scope["route"] = _ROUTE
-        answer = await publish(scope["app"].state.admission, user_id, coupon_id)
+        state = scope["app"].state
+        answer = await publish(state.admission, user_id, coupon_id, state.inflight)
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.raw_headers()})
         await send({"type": "http.response.body", "body": answer.body})
 

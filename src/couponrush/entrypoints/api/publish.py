@@ -56,6 +56,26 @@ def _timestamp(moment: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+@dataclass
+class Inflight:
+    """Publish requests being decided in this process; past ``limit`` more are shed with a fast 503.
+
+    Overloaded (offered more than the machine accepts), a queue only grows until clients time out and
+    every answer comes too late. A bounded number in flight keeps the answered ones fast; the rest hear
+    at once to come back (``Retry-After``). Nothing is accepted before it is decided, so nothing is lost.
+    """
+
+    limit: int = 512
+    count: int = 0
+
+
+_OVERLOADED = Answer(
+    503,
+    error_body(503, "too many requests right now; nothing was accepted, try again", "UNAVAILABLE"),
+    (_RETRY_AFTER,),
+)
+
+
 def refused(exc: Refused) -> Answer:
     status = 404 if exc.reason is RejectReason.UNKNOWN_COUPON else 409
     message = _REFUSAL_MESSAGES[exc.reason].format(id=exc.coupon_id)
@@ -66,8 +86,13 @@ def unavailable(exc: Unavailable) -> Answer:
     return Answer(503, error_body(503, str(exc), "UNAVAILABLE"), (_RETRY_AFTER,))
 
 
-async def publish(admission: Admission, user_id: int, coupon_id: int) -> Answer:
+async def publish(admission: Admission, user_id: int, coupon_id: int, inflight: Inflight | None = None) -> Answer:
     """Ask admission for one unit; count the outcome; the answer in the envelope."""
+    if inflight is not None:
+        if inflight.count >= inflight.limit:
+            PUBLISH_REQUESTS.labels("unavailable", "OVERLOADED").inc()
+            return _OVERLOADED
+        inflight.count += 1
     try:
         event = await admission.request(user_id, coupon_id)
     except Refused as exc:
@@ -79,6 +104,9 @@ async def publish(admission: Admission, user_id: int, coupon_id: int) -> Answer:
     except Exception:
         log.exception("unhandled error on POST %s", ROUTE)
         return Answer(500, error_body(500, "internal error", "INTERNAL_ERROR"))
+    finally:
+        if inflight is not None:
+            inflight.count -= 1
     PUBLISH_REQUESTS.labels("accepted", "OK").inc()
     data = {
         "requestId": event.request_id,

@@ -118,7 +118,8 @@ class RsgiApp:
             else:
                 token = REQUEST_ID.set(request_id)
                 try:
-                    answer = await publish(self.app.state.admission, user_id, coupon_id)
+                    state = self.app.state
+                    answer = await publish(state.admission, user_id, coupon_id, state.inflight)
                 finally:
                     REQUEST_ID.reset(token)
         headers = [("content-type", _JSON), ("x-request-id", request_id)]

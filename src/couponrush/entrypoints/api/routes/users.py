@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from couponrush.entrypoints.api.deps import (
@@ -33,9 +33,9 @@ router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], depe
     response_model=Envelope[PublishAccepted],
     responses=error_responses(400, 404, 409, 503),
 )
-async def request_coupon(user_id: UserId, body: PublishRequest, admission: AdmissionDep) -> Response:
+async def request_coupon(request: Request, user_id: UserId, body: PublishRequest, admission: AdmissionDep) -> Response:
     # The same decision and answer as the fast path (publish.py): the model above documents it.
-    return (await publish(admission, user_id, body.coupon_id)).response()
+    return (await publish(admission, user_id, body.coupon_id, request.app.state.inflight)).response()
 
 
 @router.get("", summary="The coupons a user holds", responses=error_responses(400))
