@@ -31,19 +31,33 @@ class Variant:
     name: str
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
-    api_workers: int = 1
+    api_workers: int | None = None  # None: the run's --api-workers
+    # CPU priority of the relay and worker processes (``nice``): 0 is the API's own.
+    background_nice: int = 0
 
     def command(self, role: str) -> list[str]:
-        return [self.python, "-m", "couponrush", role]
+        command = [self.python, "-m", "couponrush", role]
+        if role in ("relay", "worker") and self.background_nice:
+            return ["nice", "-n", str(self.background_nice), *command]
+        return command
 
 
 def parse_variant(text: str) -> Variant:
-    """``now`` (this checkout), ``name=/path/to/checkout`` (its .venv), optional ``:KEY=VALUE,...`` env."""
+    """``now`` (this checkout), ``name=/path/to/checkout`` (its .venv), then ``:KEY=VALUE,...``: environment
+    variables, and ``workers=N`` (API processes) and ``nice=N`` (relay and worker priority)."""
     head, _, envs = text.partition(":")
     name, _, path = head.partition("=")
     env = dict(item.split("=", 1) for item in envs.split(",") if item)
+    workers = env.pop("workers", None)
+    nice = env.pop("nice", "0")
     python = str(Path(path) / ".venv" / "bin" / "python") if path else sys.executable
-    return Variant(name=name, python=python, env=env)
+    return Variant(
+        name=name,
+        python=python,
+        env=env,
+        api_workers=None if workers is None else int(workers),
+        background_nice=int(nice),
+    )
 
 
 async def start(sandbox: Sandbox, variant: Variant, run_no: int, api_workers: int) -> System:
@@ -52,7 +66,7 @@ async def start(sandbox: Sandbox, variant: Variant, run_no: int, api_workers: in
     system = await sandbox.start_system(
         f"burst_{variant.name}_{run_no}", extra_env=variant.env, commands=commands, roles=("relay", "worker")
     )
-    system.start("api", args=("--workers", str(api_workers)))
+    system.start("api", args=("--workers", str(variant.api_workers or api_workers)))
     await system.wait_ready()
     return system
 

@@ -37,6 +37,9 @@ class DevOptions:
     broker_port: int
     postgres_port: int
     redis_port: int
+    # Measured fastest on 2 cores (BENCHMARKS.md): one API process, relay and worker at the API's priority.
+    api_workers: int = 1
+    background_nice: int = 0
 
 
 @dataclass
@@ -106,7 +109,12 @@ class DevSystem:
 
     def start_roles(self) -> None:
         for role in ROLES:
-            self.children[role] = subprocess.Popen([sys.executable, "-m", "couponrush", role], env=self.environ)
+            extra = ["--workers", str(self.options.api_workers)] if role == "api" else []
+            child = subprocess.Popen([sys.executable, "-m", "couponrush", role, *extra], env=self.environ)
+            if role != "api" and self.options.background_nice:
+                # The relay and worker catch up after a burst; the API answers the burst.
+                os.setpriority(os.PRIO_PROCESS, child.pid, self.options.background_nice)
+            self.children[role] = child
 
     def supervise(self, stopping: Callable[[], bool]) -> int:
         """Until asked to stop (0) or a role exits on its own (1)."""

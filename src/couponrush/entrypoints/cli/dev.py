@@ -25,6 +25,10 @@ def dev(
     redis_port: Annotated[
         int, typer.Option(help="without COUPONRUSH_REDIS_URL: use Redis here, or start one here")
     ] = 6379,
+    api_workers: Annotated[int, typer.Option(help="API processes (0: one per core)")] = 1,
+    background_nice: Annotated[
+        int, typer.Option(min=0, max=19, help="CPU priority (nice) of the relay and worker below the API's")
+    ] = 0,
 ) -> None:
     """Run the whole system: migrate, then api + relay + worker.
 
@@ -41,7 +45,14 @@ def dev(
     def say(line: str) -> None:
         console.print(f"[cyan]{line}[/cyan]", highlight=False)
 
-    options = DevOptions(data_dir=data_dir, broker_port=broker_port, postgres_port=postgres_port, redis_port=redis_port)
+    options = DevOptions(
+        data_dir=data_dir,
+        broker_port=broker_port,
+        postgres_port=postgres_port,
+        redis_port=redis_port,
+        api_workers=api_workers,
+        background_nice=background_nice,
+    )
     try:
         code = run_dev(options, say, f"http://{settings.http_host}:{settings.http_port}")
     except DevRefused as exc:
