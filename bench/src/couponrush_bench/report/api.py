@@ -3,9 +3,7 @@ report's services (see services.py). Only the app's lifespan differs: it opens t
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
@@ -16,18 +14,8 @@ from couponrush_bench.report.services import open_report_services
 
 
 def create_report_app(settings: Settings) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_report_services(settings) as services:
-            app.state.services = services
-            app.state.admission = services.admission()
-            app.state.probes = services.probes()
-            # No gate restoring at start-up: the flag gate restores a lost flag on the request that finds it gone.
-            yield
-
-    app = create_app(settings)
-    app.router.lifespan_context = lifespan
-    return app
+    # No gate restoring at start-up: the flag gate restores a lost flag on the request that finds it gone.
+    return create_app(settings, open_report_services, restore_gates=False)
 
 
 def create_app_from_env() -> FastAPI:

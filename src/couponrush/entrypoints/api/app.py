@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -110,20 +110,32 @@ async def _restore_missing_gates(services: Services) -> None:
         log.warning("could not check the gates at start-up (%r); requests will restore them one by one", exc)
 
 
-def create_app(settings: Settings) -> FastAPI:
+OpenServices = Callable[[Settings], contextlib.AbstractAsyncContextManager[Services]]
+
+
+def _open_api_services(settings: Settings) -> contextlib.AbstractAsyncContextManager[Services]:
+    return open_services(settings, role="api")
+
+
+def create_app(
+    settings: Settings, services: OpenServices = _open_api_services, *, restore_gates: bool = True
+) -> FastAPI:
+    """The API over ``services`` (another design's, for the benchmark's comparison, or the product's own)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(settings, role="api") as services:
-            app.state.services = services
-            app.state.admission = services.admission()
+        async with services(settings) as opened:
+            app.state.services = opened
+            app.state.admission = opened.admission()
             app.state.inflight = Inflight(settings.http_max_inflight)
-            app.state.probes = services.probes()
+            app.state.probes = opened.probes()
             # Redis keeps nothing on disk: restore the gate of every open coupon it has lost.
-            restoring = asyncio.create_task(_restore_missing_gates(services))
+            restoring = asyncio.create_task(_restore_missing_gates(opened)) if restore_gates else None
             yield
-            restoring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await restoring
+            if restoring is not None:
+                restoring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await restoring
 
     app = FastAPI(
         title="couponrush",
