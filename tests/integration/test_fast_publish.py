@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from couponrush.config import Settings
 from couponrush.entrypoints.api.app import create_app
-from couponrush.observability.metrics import PUBLISH_REQUESTS
+from couponrush.observability.metrics import PUBLISH_REQUESTS, TALLY
 
 
 @pytest.fixture
@@ -107,4 +107,5 @@ async def test_the_fast_path_counts_its_answers_like_the_route(clients: dict[boo
     response = await client.post("/api/v1/users/5/coupons/publish", json={"couponId": coupon_id})
     assert response.status_code == 200
     assert response.headers["x-request-id"] == response.json()["data"]["requestId"]
+    TALLY.flush()  # counts are written in batches (at the latest 0.1 s later, and at every scrape)
     assert PUBLISH_REQUESTS.labels("accepted", "OK")._value.get() == accepted + 1

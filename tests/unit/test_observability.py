@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from couponrush.domain.events import PublishRequested
@@ -169,6 +170,7 @@ async def test_the_timed_gate_observes_each_admission_by_verdict() -> None:
     closed_before = sample("couponrush_gate_admit_seconds_count", verdict="CLOSED")
     assert (await gate.admit(coupon.id, 1, "r1", NOW)).state.value == "ADMITTED"
     assert (await gate.admit(coupon.id, 2, "r2", NOW)).state.value == "CLOSED"
+    metrics.TALLY.flush()  # timings are written in batches (at the latest 0.1 s later, and at every scrape)
     assert sample("couponrush_gate_admit_seconds_count", verdict="ADMITTED") == before + 1
     assert sample("couponrush_gate_admit_seconds_count", verdict="CLOSED") == closed_before + 1
 
@@ -293,3 +295,31 @@ async def test_relay_sends_and_dead_letters_are_counted_by_topic_and_reason() ->
     record = InboundRecord(topic="t.u", partition=0, offset=1, key=None, value=b"?", headers={})
     assert await MeteredDeadLetters(FakeDeadLetters()).park(record, "MALFORMED", "bad json", asyncio.Event())
     assert sample("couponrush_dead_letters_total", reason="MALFORMED") == parked + 1
+
+
+def test_a_tally_writes_what_observe_and_inc_would_have_written() -> None:
+    registry = CollectorRegistry()
+    direct = Histogram("t_direct_seconds", "d", buckets=(0.001, 0.01, 0.1), registry=registry)
+    tallied = Histogram("t_tallied_seconds", "t", buckets=(0.001, 0.01, 0.1), registry=registry)
+    counter = Counter("t_count_total", "c", ["k"], registry=registry)
+    values = [0.0005, 0.001, 0.002, 0.01, 0.05, 0.5, 2.0, 0.0]
+    for value in values:
+        direct.observe(value)
+    tally = metrics.Tally()
+    for value in values:
+        tally.observe(tallied, value)
+    tally.count(counter.labels("a"))
+    tally.count(counter.labels("a"), 2)
+    tally.flush()
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for family in registry.collect()
+            if family.name == name
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("t_tallied_seconds") == samples("t_direct_seconds")
+    assert registry.get_sample_value("t_count_total", {"k": "a"}) == 3

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import Coupon, GateSnapshot, IssueOutcome, RejectReason, RequestStatus
@@ -34,6 +34,7 @@ from couponrush.service.signals import sleep_unless
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "request-id"
+_ADMIT_TIMES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,10 @@ class TimedGate:
             verdict = result.state.value
             return result
         finally:
-            metrics.GATE_ADMIT_SECONDS.labels(verdict).observe(time.perf_counter() - started)
+            child = _ADMIT_TIMES.get(verdict)
+            if child is None:
+                child = _ADMIT_TIMES[verdict] = metrics.GATE_ADMIT_SECONDS.labels(verdict)
+            metrics.TALLY.observe(child, time.perf_counter() - started)
 
     async def release(self, coupon_id: int, user_id: int, request_id: str) -> None:
         await self.inner.release(coupon_id, user_id, request_id)

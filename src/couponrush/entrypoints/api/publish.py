@@ -7,16 +7,18 @@ in a drop this is nearly every request the API serves.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from starlette.responses import Response
 
 from couponrush.domain.model import RejectReason
 from couponrush.entrypoints.api.envelope import error_body
-from couponrush.observability.metrics import PUBLISH_REQUESTS
+from couponrush.observability.metrics import PUBLISH_REQUESTS, TALLY
 from couponrush.service.admission import Admission, Refused, Unavailable
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,25 @@ _OVERLOADED = Answer(
 )
 
 
+_PUBLISH_COUNTERS: dict[tuple[str, str], Any] = {}
+
+
+def _counted(outcome: str, reason: str) -> None:
+    child = _PUBLISH_COUNTERS.get((outcome, reason))
+    if child is None:
+        child = _PUBLISH_COUNTERS[(outcome, reason)] = PUBLISH_REQUESTS.labels(outcome, reason)
+    TALLY.count(child)
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(reason: RejectReason, coupon_id: int) -> Answer:
+    status = 404 if reason is RejectReason.UNKNOWN_COUPON else 409
+    return Answer(status, error_body(status, _REFUSAL_MESSAGES[reason].format(id=coupon_id), reason.value))
+
+
 def refused(exc: Refused) -> Answer:
-    status = 404 if exc.reason is RejectReason.UNKNOWN_COUPON else 409
-    message = _REFUSAL_MESSAGES[exc.reason].format(id=exc.coupon_id)
-    return Answer(status, error_body(status, message, exc.reason.value))
+    """The answer to a refusal (built once per reason and coupon: after sell-out it is nearly every answer)."""
+    return _refusal(exc.reason, exc.coupon_id)
 
 
 def unavailable(exc: Unavailable) -> Answer:
@@ -90,16 +107,16 @@ async def publish(admission: Admission, user_id: int, coupon_id: int, inflight: 
     """Ask admission for one unit; count the outcome; the answer in the envelope."""
     if inflight is not None:
         if inflight.count >= inflight.limit:
-            PUBLISH_REQUESTS.labels("unavailable", "OVERLOADED").inc()
+            _counted("unavailable", "OVERLOADED")
             return _OVERLOADED
         inflight.count += 1
     try:
         event = await admission.request(user_id, coupon_id)
     except Refused as exc:
-        PUBLISH_REQUESTS.labels("refused", exc.reason.value).inc()
+        _counted("refused", exc.reason.value)
         return refused(exc)
     except Unavailable as exc:
-        PUBLISH_REQUESTS.labels("unavailable", "UNAVAILABLE").inc()
+        _counted("unavailable", "UNAVAILABLE")
         return unavailable(exc)
     except Exception:
         log.exception("unhandled error on POST %s", ROUTE)
@@ -107,7 +124,7 @@ async def publish(admission: Admission, user_id: int, coupon_id: int, inflight: 
     finally:
         if inflight is not None:
             inflight.count -= 1
-    PUBLISH_REQUESTS.labels("accepted", "OK").inc()
+    _counted("accepted", "OK")
     data = {
         "requestId": event.request_id,
         "userId": event.user_id,

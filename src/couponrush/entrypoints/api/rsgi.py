@@ -35,6 +35,8 @@ from couponrush.observability.logging import configure_logging
 from couponrush.observability.tracing import configure_tracing
 
 _PATH = re.compile(r"/api/v1/users/([1-9][0-9]{0,18})/coupons/publish")
+_HTTP_TIME = metrics.HTTP_SECONDS.labels("POST", ROUTE)
+_HTTP_COUNTS: dict[int, Any] = {}
 _JSON = "application/json"
 
 
@@ -108,7 +110,12 @@ class RsgiApp:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             answer = _too_large(self.max_body)
         else:
-            body = await _read(protocol, self.max_body)
+            # A declared length within the limit: one read. Otherwise chunk by chunk, stopping past the limit.
+            body = (
+                await protocol()
+                if declared is not None and declared.isdigit()
+                else await _read(protocol, self.max_body)
+            )
             coupon_id = plain_coupon_id(body) if body is not None and user_id <= MAX_ID else None
             if body is None:
                 answer = _too_large(self.max_body)
@@ -125,8 +132,11 @@ class RsgiApp:
         headers = [("content-type", _JSON), ("x-request-id", request_id)]
         headers.extend((k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers)
         protocol.response_bytes(answer.status, headers, answer.body)
-        metrics.HTTP_REQUESTS.labels("POST", ROUTE, str(answer.status)).inc()
-        metrics.HTTP_SECONDS.labels("POST", ROUTE).observe(time.perf_counter() - started)
+        count = _HTTP_COUNTS.get(answer.status)
+        if count is None:
+            count = _HTTP_COUNTS[answer.status] = metrics.HTTP_REQUESTS.labels("POST", ROUTE, str(answer.status))
+        metrics.TALLY.count(count)
+        metrics.TALLY.observe(_HTTP_TIME, time.perf_counter() - started)
 
     async def _asgi(self, scope: Scope, protocol: HTTPProtocol, body: bytes | None = None) -> None:
         await _Bridge(scope, protocol, body, self.max_body).run(self.app)

@@ -21,6 +21,7 @@ MAX_COUPON_SERIES = 200
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response)
 async def scrape(services: ServicesDep) -> Response:
     families: list[Metric] = []
+    metrics.TALLY.flush()  # what this process counted since its last write
     try:
         operations = services.operations()
         families = metrics.database_families(
