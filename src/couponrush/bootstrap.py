@@ -28,6 +28,7 @@ from couponrush.adapters.kafka_clients import (
     kafka_client_options,
 )
 from couponrush.adapters.kafka_topics import TopicsNotReady, ensure_topics, topic_policy
+from couponrush.adapters.listings import PostgresListings
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
@@ -74,6 +75,10 @@ class Services:
     @property
     def coupons(self) -> PostgresCoupons:
         return PostgresCoupons(self.pool)
+
+    @property
+    def listings(self) -> PostgresListings:
+        return PostgresListings(self.pool)
 
     @property
     def request_status(self) -> PostgresRequestStatus:

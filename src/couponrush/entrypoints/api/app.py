@@ -16,15 +16,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from couponrush.bootstrap import Services, open_services
 from couponrush.config import Settings
+from couponrush.domain.model import InvalidField
 from couponrush.entrypoints.api import envelope, publish
 from couponrush.entrypoints.api.body_limit import BodyLimitMiddleware
-from couponrush.entrypoints.api.deps import AdminRequired, NoRequest, UserRequired
+from couponrush.entrypoints.api.deps import AdminRequired, BadInput, NoRequest, UserRequired
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
-from couponrush.entrypoints.api.routes import coupons, health, metrics, users
+from couponrush.entrypoints.api.routes import coupon_records, coupons, health, metrics, users
 from couponrush.observability import metrics as counters
 from couponrush.service.admission import Refused, Unavailable
 from couponrush.service.clock import utcnow
+from couponrush.service.coupon_admin import ChangeRefused
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,12 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "invalid request: " + "; ".join(parts) + more
+
+
+def _bad_input(where: tuple[str, ...], message: str) -> Response:
+    location = ".".join(where)
+    details = [{"loc": list(where), "msg": message, "type": "value_error"}]
+    return envelope.error(400, f"invalid request: {location}: {message}", "INVALID_REQUEST", details)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -63,6 +71,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Unavailable)
     async def _unavailable(_: Request, exc: Unavailable) -> Response:
         return publish.unavailable(exc).response()
+
+    @app.exception_handler(InvalidField)
+    async def _invalid_field(_: Request, exc: InvalidField) -> Response:
+        return _bad_input(("body", exc.field), exc.message)
+
+    @app.exception_handler(BadInput)
+    async def _bad(_: Request, exc: BadInput) -> Response:
+        return _bad_input(exc.where, exc.message)
+
+    @app.exception_handler(ChangeRefused)
+    async def _change_refused(_: Request, exc: ChangeRefused) -> Response:
+        return envelope.error(409, str(exc), exc.reason, **exc.data)
 
     @app.exception_handler(NoRequest)
     async def _no_request(_: Request, exc: NoRequest) -> Response:
@@ -137,6 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.http_max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
     app.include_router(coupons.router)
+    app.include_router(coupon_records.router)
     app.include_router(users.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -31,9 +31,18 @@ def ok(data: T, status: int = 200) -> Envelope[T]:
     return Envelope[T](code=status, message=HTTPStatus(status).phrase if status != 200 else "OK", data=data)
 
 
-def error_body(status: int, message: str, reason: str, details: list[dict[str, Any]] | None = None) -> bytes:
-    """The error envelope as bytes (the shape of ``ErrorEnvelope``, built without a model: it is on hot paths)."""
-    return orjson.dumps({"code": status, "message": message, "data": {"reason": reason, "details": details}})
+def as_json(envelope: Envelope[Any], status: int = 200) -> Response:
+    """An envelope as a response, for routes that answer either JSON or a stream (camelCase on the wire)."""
+    body = orjson.dumps(envelope.model_dump(mode="json", by_alias=True))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def error_body(
+    status: int, message: str, reason: str, details: list[dict[str, Any]] | None = None, **extra: Any
+) -> bytes:
+    """The error envelope as bytes (the shape of ``ErrorEnvelope``, built without a model: it is on hot paths).
+    ``extra`` are further fields of ``data`` that some refusals carry (``opensAt``, ``floor``...)."""
+    return orjson.dumps({"code": status, "message": message, "data": {"reason": reason, "details": details, **extra}})
 
 
 def error(
@@ -42,8 +51,9 @@ def error(
     reason: str,
     details: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> Response:
-    body = error_body(status, message, reason, details)
+    body = error_body(status, message, reason, details, **extra)
     return Response(body, status_code=status, headers=headers or None, media_type="application/json")
 
 

@@ -8,6 +8,7 @@ in a drop this is nearly every request the API serves.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,6 +60,13 @@ def _timestamp(moment: datetime) -> str:
 def refused(exc: Refused) -> Answer:
     status = 404 if exc.reason is RejectReason.UNKNOWN_COUPON else 409
     message = _REFUSAL_MESSAGES[exc.reason].format(id=exc.coupon_id)
+    if exc.opens_at is not None:
+        # Scheduled: when it opens (data.opensAt), and a Retry-After of the seconds left by the gate's clock.
+        opens_at = _timestamp(exc.opens_at)
+        message = f"coupon {exc.coupon_id} opens at {opens_at}"
+        body = error_body(status, message, exc.reason.value, opensAt=opens_at)
+        wait = max(1, math.ceil(exc.opens_in_s or 0.0))
+        return Answer(status, body, ((b"retry-after", str(wait).encode()),))
     return Answer(status, error_body(status, message, exc.reason.value))
 
 
