@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from couponrush.adapters.coupons import PostgresCoupons, PostgresGateSnapshots
 from couponrush.adapters.db import create_pool
+from couponrush.adapters.decisions import PostgresDecisionListener
 from couponrush.adapters.failures import is_infrastructure_failure
 from couponrush.adapters.gate import RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
@@ -53,6 +54,7 @@ from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
+from couponrush.service.outcomes import RequestOutcomes, Waiters
 from couponrush.service.ports import Gate, RecordSource
 from couponrush.service.reconcile import Reconciler, RepairCounter
 from couponrush.service.stalls import StallWatch
@@ -97,6 +99,9 @@ class Services:
             record_timeout_s=self.settings.record_timeout_s,
             new_request_id=request_id_or_new,
         )
+
+    def outcomes(self, waiters: Waiters) -> RequestOutcomes:
+        return RequestOutcomes(status=self.request_status, waiters=waiters)
 
     def coupon_admin(self) -> CouponAdmin:
         return CouponAdmin(coupons=self.coupons, gate=self.gate, schedule_rebuild=self.rebuilder.schedule)
@@ -158,6 +163,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await rebuilder.close()
         await redis.aclose()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def listen_for_decisions(settings: Settings, waiters: Waiters) -> AsyncIterator[PostgresDecisionListener]:
+    """One LISTEN connection per API process, waking the process's waiters when requests are decided."""
+    listener = PostgresDecisionListener(settings.database_url, on_decided=waiters.decided, on_gap=waiters.wake_all)
+    listener.start()
+    try:
+        yield listener
+    finally:
+        waiters.close()
+        await listener.close()
 
 
 # --- Kafka clients: every one gets the same options (security, pass-through, logging) and topic policy ---

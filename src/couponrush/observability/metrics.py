@@ -56,6 +56,12 @@ HTTP_REQUESTS = Counter(
 HTTP_SECONDS = Histogram(
     "couponrush_http_request_duration_seconds", "HTTP request duration", ["method", "route"], buckets=_FAST
 )
+WAITING_CLIENTS = Gauge(
+    "couponrush_waiting_clients",
+    "HTTP requests waiting for a request's outcome, by kind (long poll: ?wait=N; stream: .../request/events)",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
 
 # --- relay -------------------------------------------------------------------------------------
 RELAY_SENT = Counter("couponrush_relay_sent_total", "Outbox rows sent and acknowledged by the broker", ["topic"])

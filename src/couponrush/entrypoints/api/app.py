@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from couponrush.bootstrap import Services, open_services
+from couponrush.bootstrap import Services, listen_for_decisions, open_services
 from couponrush.config import Settings
 from couponrush.domain.model import InvalidField
 from couponrush.entrypoints.api import envelope, publish
@@ -27,6 +29,7 @@ from couponrush.observability import metrics as counters
 from couponrush.service.admission import Refused, Unavailable
 from couponrush.service.clock import utcnow
 from couponrush.service.coupon_admin import ChangeRefused
+from couponrush.service.outcomes import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +132,49 @@ async def _restore_missing_gates(services: Services) -> None:
         log.warning("could not check the gates at start-up (%r); requests will restore them one by one", exc)
 
 
+@contextlib.contextmanager
+def _answer_waiters_on_signals(waiters: Waiters) -> Iterator[None]:
+    """On SIGTERM/SIGINT, requests waiting for an outcome answer what they have at once (and streams end),
+    so the server's drain is not held up to its bound by clients that wait up to 30 s.
+
+    uvicorn handles the signals with plain ``signal.signal`` handlers (set before the app starts); this
+    chains onto them in this process, and puts them back when the app stops."""
+    loop = asyncio.get_running_loop()
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if not callable(handler):
+            continue
+
+        def chained(signum: int, frame: FrameType | None, handler: Callable[..., Any] = handler) -> None:
+            loop.call_soon_threadsafe(waiters.close)
+            handler(signum, frame)
+
+        try:
+            signal.signal(sig, chained)
+        except ValueError:  # not the main thread (in-process test servers): nothing to chain onto
+            continue
+        previous[sig] = handler
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
+        waiters = Waiters()
+        async with open_services(settings) as services, listen_for_decisions(settings, waiters):
             app.state.services = services
             app.state.admission = services.admission()
             app.state.probes = services.probes()
+            app.state.outcomes = services.outcomes(waiters)
             # Redis keeps nothing on disk: restore the gate of every open coupon it has lost.
             restoring = asyncio.create_task(_restore_missing_gates(services))
-            yield
+            with _answer_waiters_on_signals(waiters):
+                yield
             restoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await restoring
