@@ -22,6 +22,7 @@ from couponrush.domain.model import InvalidField
 from couponrush.entrypoints.api import envelope, publish
 from couponrush.entrypoints.api.body_limit import BodyLimitMiddleware
 from couponrush.entrypoints.api.deps import AdminRequired, BadInput, NoRequest, UserRequired
+from couponrush.entrypoints.api.docs import install_docs
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
 from couponrush.entrypoints.api.routes import coupon_records, coupons, health, metrics, users
@@ -32,6 +33,16 @@ from couponrush.service.coupon_admin import ChangeRefused
 from couponrush.service.outcomes import Waiters
 
 log = logging.getLogger(__name__)
+
+DESCRIPTION = """First-come-first-served coupon drops.
+
+Every answer, success or error, is `{"code": <http status>, "message": "...", "data": ...}`. Errors carry
+`data.reason`, a stable word: 400 `INVALID_REQUEST` (the field is named in `message` and `data.details`),
+401 `UNAUTHORIZED` (admin routes: `Authorization: Bearer $COUPONRUSH_ADMIN_TOKEN`), 404 `UNKNOWN_COUPON` or
+`NO_REQUEST`, 409 `SOLD_OUT`, `ALREADY_REQUESTED`, `NOT_OPEN` (with `data.opensAt` and `Retry-After` for a
+scheduled coupon), `EXPIRED`, `QUANTITY_BELOW_FLOOR` (with `data.floor`), 413 `PAYLOAD_TOO_LARGE`, 503
+`UNAVAILABLE` with `Retry-After` (nothing was accepted: try again).
+"""
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -182,11 +193,14 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="couponrush",
         version="0.1.0",
-        description="First-come-first-served coupon drops.",
+        description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served with packaged assets (docs.py), not from a CDN
+        redoc_url=None,
         **_without_native_telemetry(),
     )
     _install_error_handlers(app)
+    install_docs(app)
     if settings.http_fast_publish:
         # Added first, so it runs inside the observability middleware (request id, HTTP metrics).
         app.add_middleware(FastPublishMiddleware)

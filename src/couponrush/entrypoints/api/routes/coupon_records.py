@@ -42,7 +42,7 @@ Format = Annotated[Literal["json", "csv"], Query(description="csv: the whole lis
 CSV_PAGE = 1000
 _CSV_OR_JSON: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "a page (JSON), or CSV"},
-    **error_responses(400, 401, 404),
+    **error_responses(400, 401, 404, r404="UNKNOWN_COUPON"),
 }
 
 
@@ -181,7 +181,7 @@ async def requests(
     "/changes",
     summary="Every change of this coupon by an operator, oldest first (admin): who, when, before, after",
     response_model=Envelope[ChangePage],
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 401, 404, r404="UNKNOWN_COUPON"),
 )
 async def changes(
     coupon_id: CouponId, services: ServicesDep, _admin: AdminDep, limit: Limit = 100, cursor: Cursor = None

@@ -34,7 +34,7 @@ async def view(services: ServicesDep, coupon_id: int) -> CouponView:
     summary="Create a coupon (admin)",
     description="With opensAt, publish answers 409 NOT_OPEN (data.opensAt, Retry-After) until that instant, "
     "judged by the gate's (Redis server's) clock. expiredAt must be in the future and after opensAt (400).",
-    responses=error_responses(400, 401),
+    responses=error_responses(400, 401, 413),
     dependencies=[Security(bearer)],
 )
 async def create_coupon(
@@ -81,7 +81,7 @@ async def list_coupons(
     return ok(CouponPage(items=[CouponView.of(s) for s in page], next_cursor=next_cursor))
 
 
-@router.get("/{couponId}", summary="Read a coupon", responses=error_responses(400, 404))
+@router.get("/{couponId}", summary="Read a coupon", responses=error_responses(400, 404, r404="UNKNOWN_COUPON"))
 async def get_coupon(coupon_id: CouponId, services: ServicesDep) -> Envelope[CouponView]:
     return ok(await view(services, coupon_id))
 
@@ -95,7 +95,9 @@ async def get_coupon(coupon_id: CouponId, services: ServicesDep) -> Envelope[Cou
         "can only be renamed (409 EXPIRED). 503 (Retry-After) while the coupon's gate is being rebuilt. "
         "Recorded in GET /api/v1/coupons/{couponId}/changes."
     ),
-    responses=error_responses(400, 401, 404, 409, 503),
+    responses=error_responses(
+        400, 401, 404, 409, 413, 503, r404="UNKNOWN_COUPON", r409="QUANTITY_BELOW_FLOOR (data.floor), EXPIRED"
+    ),
     dependencies=[Security(bearer)],
 )
 async def change_coupon(
@@ -117,7 +119,7 @@ async def _set_status(services: ServicesDep, coupon_id: int, status: CouponStatu
 @router.post(
     "/{couponId}/close",
     summary="Close a coupon (admin): status UNPUBLISHABLE, the gate refuses at once",
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 401, 404, r404="UNKNOWN_COUPON"),
     dependencies=[Security(bearer)],
 )
 async def close_coupon(
@@ -130,7 +132,7 @@ async def close_coupon(
     "/{couponId}/open",
     summary="Reopen a coupon (admin): status PUBLISHABLE, the gate admits again",
     description="An expired coupon cannot be opened: 409 EXPIRED.",
-    responses=error_responses(400, 401, 404, 409),
+    responses=error_responses(400, 401, 404, 409, r404="UNKNOWN_COUPON", r409="EXPIRED"),
     dependencies=[Security(bearer)],
 )
 async def open_coupon(

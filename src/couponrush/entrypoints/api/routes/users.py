@@ -22,7 +22,13 @@ from couponrush.entrypoints.api.schemas import PublishAccepted, PublishRequest, 
 from couponrush.observability.metrics import WAITING_CLIENTS
 from couponrush.service.outcomes import RequestOutcomes
 
-router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], dependencies=[Depends(require_same_user)])
+router = APIRouter(
+    prefix="/api/v1/users/{userId}/coupons",
+    tags=["users"],
+    dependencies=[Depends(require_same_user)],
+    # Only with COUPONRUSH_USER_TOKEN_SECRET set (docs/OPERATIONS.md, "User identity").
+    responses=error_responses(401, 403),
+)
 
 
 @router.post(
@@ -36,7 +42,15 @@ router = APIRouter(prefix="/api/v1/users/{userId}/coupons", tags=["users"], depe
         "GET .../coupons/{couponId}/request follows it."
     ),
     response_model=Envelope[PublishAccepted],
-    responses=error_responses(400, 404, 409, 503),
+    responses=error_responses(
+        400,
+        404,
+        409,
+        413,
+        503,
+        r404="UNKNOWN_COUPON",
+        r409="SOLD_OUT, ALREADY_REQUESTED, NOT_OPEN (data.opensAt, Retry-After), EXPIRED",
+    ),
 )
 async def request_coupon(user_id: UserId, body: PublishRequest, admission: AdmissionDep) -> Response:
     # The same decision and answer as the fast path (publish.py): the model above documents it.
@@ -67,7 +81,7 @@ MAX_WAIT_S = 30.0
         "With ?wait=N (seconds, at most 30) a PENDING request is held until the worker decides it or N "
         "passes (long poll; woken by the decision itself, not by polling), then answered as without it."
     ),
-    responses=error_responses(400, 404),
+    responses=error_responses(400, 404, r404="NO_REQUEST"),
 )
 async def request_status(
     request: Request,
@@ -100,7 +114,7 @@ async def request_status(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "the stream"},
-        **error_responses(400, 404),
+        **error_responses(400, 404, r404="NO_REQUEST"),
     },
 )
 async def request_events(request: Request, user_id: UserId, coupon_id: CouponId, services: ServicesDep) -> Response:
