@@ -29,7 +29,7 @@ from couponrush.adapters.kafka_clients import (
     kafka_client_options,
 )
 from couponrush.adapters.kafka_topics import TopicsNotReady, ensure_topics, topic_policy
-from couponrush.adapters.listings import PostgresListings
+from couponrush.adapters.listings import PostgresListings, PostgresLiveReader
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
@@ -47,6 +47,7 @@ from couponrush.observability.instrument import (
     ObservedSource,
     TimedGate,
 )
+from couponrush.observability.metrics import cumulative_buckets
 from couponrush.roles.relay import RelayRole
 from couponrush.roles.worker import WorkerRole
 from couponrush.service.admission import Admission
@@ -54,6 +55,7 @@ from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
+from couponrush.service.live import LiveView
 from couponrush.service.outcomes import RequestOutcomes, Waiters
 from couponrush.service.ports import Gate, RecordSource
 from couponrush.service.reconcile import Reconciler, RepairCounter
@@ -102,6 +104,14 @@ class Services:
 
     def outcomes(self, waiters: Waiters) -> RequestOutcomes:
         return RequestOutcomes(status=self.request_status, waiters=waiters)
+
+    def live_view(self, latency_route: str) -> LiveView:
+        """One per API process: the live page's sampler (reading only while someone watches); its HTTP p99 is
+        the ``latency_route``'s, over this host's API processes."""
+        return LiveView(
+            reader=PostgresLiveReader(self.pool, self.settings.publish_requested_topic),
+            http_buckets=lambda: cumulative_buckets("couponrush_http_request_duration_seconds", route=latency_route),
+        )
 
     def coupon_admin(self) -> CouponAdmin:
         return CouponAdmin(coupons=self.coupons, gate=self.gate, schedule_rebuild=self.rebuilder.schedule)

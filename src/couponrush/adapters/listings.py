@@ -123,3 +123,51 @@ class PostgresListings:
             )
             for r in rows
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresLiveReader:
+    """What the live view reads once a second while someone watches (service/live.py)."""
+
+    pool: asyncpg.Pool
+    publish_requested_topic: str
+
+    async def live_coupons(self, now: datetime, ended_within_s: float, limit: int) -> list[CouponSummary]:
+        rows = await self.pool.fetch(
+            f"{_SUMMARY} WHERE c.expired_at > $1 - make_interval(secs => $2)) s ORDER BY s.id DESC LIMIT $3",
+            now,
+            ended_within_s,
+            limit,
+        )
+        return [_summary(r) for r in rows]
+
+    async def per_second(
+        self, coupon_ids: Sequence[int], since: datetime
+    ) -> tuple[dict[int, dict[int, int]], dict[int, dict[int, int]]]:
+        accepted: dict[int, dict[int, int]] = {}
+        issued: dict[int, dict[int, int]] = {}
+        if not coupon_ids:
+            return accepted, issued
+        for into, table, column in (
+            (accepted, "coupon_requests", "requested_at"),
+            (issued, "user_coupons", "issued_at"),
+        ):
+            rows = await self.pool.fetch(
+                f"SELECT coupon_id, floor(extract(epoch FROM {column}))::bigint AS second, count(*) AS n FROM {table}"
+                f" WHERE coupon_id = ANY($1::bigint[]) AND {column} >= $2 GROUP BY 1, 2",
+                list(coupon_ids),
+                since,
+            )
+            for r in rows:
+                into.setdefault(r["coupon_id"], {})[r["second"]] = r["n"]
+        return accepted, issued
+
+    async def unsent(self, coupon_ids: Sequence[int]) -> dict[int, int]:
+        # As `couponrush stats` counts it (adapters/operations.py): the request topic's unsent rows, by key.
+        rows = await self.pool.fetch(
+            "SELECT key, count(*) AS n FROM outbox WHERE sent_at IS NULL AND topic = $1 AND key = ANY($2::text[])"
+            " GROUP BY key",
+            self.publish_requested_topic,
+            [str(c) for c in coupon_ids],
+        )
+        return {int(r["key"]): r["n"] for r in rows}

@@ -171,3 +171,22 @@ def set_consumer_lag(lag: dict[tuple[str, int], int]) -> None:
     CONSUMER_LAG.clear()
     for (topic, partition), value in lag.items():
         CONSUMER_LAG.labels(topic, str(partition)).set(value)
+
+
+def cumulative_buckets(histogram: str, **labels: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram of this process, or of every API worker process, summed
+    over the series whose labels include ``labels``; what a quantile over a time window is computed from."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir():
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Delegate(REGISTRY))
+    totals: dict[float, float] = {}
+    for family in registry.collect():
+        if family.name != histogram:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{histogram}_bucket" and all(sample.labels.get(k) == v for k, v in labels.items()):
+                bound = float(sample.labels["le"])
+                totals[bound] = totals.get(bound, 0.0) + sample.value
+    return sorted(totals.items())

@@ -25,7 +25,7 @@ from couponrush.entrypoints.api.deps import AdminRequired, BadInput, NoRequest, 
 from couponrush.entrypoints.api.docs import install_docs
 from couponrush.entrypoints.api.fast_publish import FastPublishMiddleware
 from couponrush.entrypoints.api.middleware import ObservabilityMiddleware
-from couponrush.entrypoints.api.routes import coupon_records, coupons, health, metrics, users
+from couponrush.entrypoints.api.routes import coupon_records, coupons, health, live, metrics, users
 from couponrush.observability import metrics as counters
 from couponrush.service.admission import Refused, Unavailable
 from couponrush.service.clock import utcnow
@@ -182,6 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.admission = services.admission()
             app.state.probes = services.probes()
             app.state.outcomes = services.outcomes(waiters)
+            app.state.live = services.live_view(latency_route=publish.ROUTE)
             # Redis keeps nothing on disk: restore the gate of every open coupon it has lost.
             restoring = asyncio.create_task(_restore_missing_gates(services))
             with _answer_waiters_on_signals(waiters):
@@ -211,4 +212,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(users.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(live.router)
     return app
