@@ -32,6 +32,7 @@ from couponrush.adapters.kafka_topics import TopicsNotReady, ensure_topics, topi
 from couponrush.adapters.listings import PostgresListings, PostgresLiveReader
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
+from couponrush.adapters.outcome_reads import BatchedRequestStatus
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
 from couponrush.adapters.reconcile import PostgresLedger, RedisGateInspector
 from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
@@ -103,7 +104,8 @@ class Services:
         )
 
     def outcomes(self, waiters: Waiters) -> RequestOutcomes:
-        return RequestOutcomes(status=self.request_status, waiters=waiters)
+        # Thousands of clients woken by one commit read their outcomes in a few statements, not one each.
+        return RequestOutcomes(status=BatchedRequestStatus(self.pool), waiters=waiters)
 
     def live_view(self, latency_route: str) -> LiveView:
         """One per API process: the live page's sampler (reading only while someone watches); its HTTP p99 is

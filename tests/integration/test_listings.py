@@ -12,6 +12,8 @@ import asyncpg
 
 from couponrush.adapters.coupons import PostgresCoupons
 from couponrush.adapters.listings import PostgresListings
+from couponrush.adapters.outcome_reads import BatchedRequestStatus
+from couponrush.adapters.requests import PostgresRequestStatus
 from couponrush.domain.model import CouponState, CouponStatus, RequestStatus
 from tests.support.data import new_coupon
 
@@ -164,3 +166,15 @@ async def test_deciding_requests_notifies_their_user_and_coupon_pairs_at_commit(
     assert len(pairs) == len(set(pairs)) == 450, f"{len(pairs)} pairs heard, {len(set(pairs))} distinct"
     assert set(pairs) == {f"{u}:{coupon.id}" for u in range(1, 451)}
     assert len(heard) == 3  # at most 200 pairs per notification
+
+
+async def test_reads_of_one_tick_are_one_statement_with_the_same_answers_as_one_by_one(db: asyncpg.Pool) -> None:
+    coupon = await PostgresCoupons(db).create(new_coupon(quantity=50))
+    for user in range(1, 6):
+        await add_request(db, coupon.id, user, "REJECTED" if user == 3 else "PENDING")
+    single, batched = PostgresRequestStatus(db), BatchedRequestStatus(db, max_batch=4)
+    keys = [(user, coupon.id) for user in range(1, 8)]  # users 6 and 7 have no request
+    together = await asyncio.gather(*(batched.latest(*key) for key in keys), batched.latest(1, coupon.id))
+    assert list(together[:-1]) == [await single.latest(*key) for key in keys]
+    assert together[-1] == together[0]  # the same key twice in one tick: both answered
+    assert together[5] is None

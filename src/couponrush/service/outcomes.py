@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from couponrush.domain.model import RequestStatus, RequestView
@@ -21,8 +21,12 @@ Key = tuple[int, int]  # (user id, coupon id)
 
 
 class Waiters:
+    """Futures of waiting requests by (user id, coupon id). A future's result is True when it was woken (a
+    decision heard, a gap, shutdown) and False when its own timer ran out (see ``until``)."""
+
     def __init__(self) -> None:
-        self._waiting: dict[Key, set[asyncio.Future[None]]] = {}
+        # Usually one waiter per key: a list is the smallest container that also holds a few.
+        self._waiting: dict[Key, list[asyncio.Future[bool]]] = {}
         self._closed = False
 
     @property
@@ -32,22 +36,25 @@ class Waiters:
     def __len__(self) -> int:
         return sum(len(futures) for futures in self._waiting.values())
 
-    @contextlib.contextmanager
-    def watch(self, user_id: int, coupon_id: int) -> Iterator[asyncio.Future[None]]:
-        """A future set when a decision for this user and coupon is heard (or at shutdown); registered before
-        the caller reads the outcome, so a decision committed between that read and the wait is not missed."""
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def register(self, user_id: int, coupon_id: int) -> asyncio.Future[bool]:
+        """A future set when a decision for this user and coupon is heard (or at shutdown). Register before
+        reading the outcome, so that a decision committed between that read and the wait is not missed;
+        ``unregister`` it when done."""
+        woken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._closed:
-            woken.set_result(None)
+            woken.set_result(True)
+        self._waiting.setdefault((user_id, coupon_id), []).append(woken)
+        return woken
+
+    def unregister(self, user_id: int, coupon_id: int, woken: asyncio.Future[bool]) -> None:
         key = (user_id, coupon_id)
-        futures = self._waiting.setdefault(key, set())
-        futures.add(woken)
-        try:
-            yield woken
-        finally:
-            futures.discard(woken)
-            if not futures:
-                self._waiting.pop(key, None)
+        futures = self._waiting.get(key)
+        if futures is None:
+            return
+        with contextlib.suppress(ValueError):
+            futures.remove(woken)
+        if not futures:
+            del self._waiting[key]
 
     def decided(self, pairs: Iterable[Key]) -> int:
         """Wake whoever waits for these (user, coupon) pairs; how many were woken."""
@@ -55,7 +62,7 @@ class Waiters:
         for key in pairs:
             for future in self._waiting.get(key, ()):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(True)
                     woken += 1
         return woken
 
@@ -64,7 +71,7 @@ class Waiters:
         for futures in self._waiting.values():
             for future in futures:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(True)
 
     def close(self) -> None:
         """Shutting down: every waiter answers what it has now, and nobody waits any more."""
@@ -82,41 +89,55 @@ class RequestOutcomes:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            with self.waiters.watch(user_id, coupon_id) as woken:
+            woken = self.waiters.register(user_id, coupon_id)
+            try:
                 view = await self.status.latest(user_id, coupon_id)
                 if view is None or view.status is not RequestStatus.PENDING or self.waiters.closed:
                     return view
-                if not await _until(woken, deadline - loop.time()):
+                if not await until(woken, deadline - loop.time()):
                     return view
+            finally:
+                self.waiters.unregister(user_id, coupon_id, woken)
 
     async def follow(self, user_id: int, coupon_id: int, heartbeat_s: float) -> AsyncIterator[RequestView | None]:
         """The latest request's view now, then each time it changes, until it is decided; ``None`` every
         ``heartbeat_s`` without news (a stream keeps its connection alive with it). Ends at shutdown too."""
-        loop = asyncio.get_running_loop()
-        last: RequestView | None = None
-        while True:
-            with self.waiters.watch(user_id, coupon_id) as woken:
+        woken = self.waiters.register(user_id, coupon_id)
+        try:
+            last: RequestView | None = None
+            while True:
                 view = await self.status.latest(user_id, coupon_id)
                 if view is not None and view != last:
-                    yield view
+                    yield view  # still registered meanwhile: a decision now is not missed
                     last = view
                 if view is None or view.status is not RequestStatus.PENDING or self.waiters.closed:
                     return
-                beat = loop.time() + heartbeat_s
-                while not await _until(woken, beat - loop.time()):
+                while True:
+                    heard = await until(woken, heartbeat_s)
+                    # A fresh future before anything can suspend: nothing falls between the two.
+                    self.waiters.unregister(user_id, coupon_id, woken)
+                    woken = self.waiters.register(user_id, coupon_id)
+                    if heard:
+                        break
                     yield None
-                    beat = loop.time() + heartbeat_s
+        finally:
+            self.waiters.unregister(user_id, coupon_id, woken)
 
 
-async def _until(woken: asyncio.Future[None], timeout_s: float) -> bool:
-    """Wait for ``woken`` at most ``timeout_s``: True if it was set (a timer handle, no task)."""
+def _expire(woken: asyncio.Future[bool]) -> None:
+    if not woken.done():
+        woken.set_result(False)
+
+
+async def until(woken: asyncio.Future[bool], timeout_s: float) -> bool:
+    """Wait for ``woken`` at most ``timeout_s``: True if it was woken. A timer handle that settles the future
+    itself: no task, no extra future per wait."""
     if woken.done():
-        return True
+        return woken.result()
     if timeout_s <= 0:
         return False
+    timer = asyncio.get_running_loop().call_later(timeout_s, _expire, woken)
     try:
-        async with asyncio.timeout(timeout_s):
-            await asyncio.shield(woken)
-    except TimeoutError:
-        return woken.done()
-    return True
+        return await woken
+    finally:
+        timer.cancel()
