@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from couponrush.adapters.decisions import parse_pairs
 from couponrush.domain.model import RejectReason, RequestStatus, RequestView
-from couponrush.service.outcomes import RequestOutcomes, Waiters
+from couponrush.service.outcomes import RequestOutcomes, Waiters, until
 from tests.support.polling import eventually
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -118,3 +118,16 @@ async def test_a_missed_notification_wakes_everyone_to_read_again() -> None:
 def test_notification_payloads_are_parsed_and_garbage_skipped() -> None:
     assert parse_pairs("7:1,8:1") == [(7, 1), (8, 1)]
     assert parse_pairs("7:1,x:2,,3:") == [(7, 1)]
+
+
+async def test_a_heartbeat_leaves_the_wake_up_to_come_untouched() -> None:
+    """A decision heard in the same turn of the loop as a heartbeat's timer must still wake the stream: only
+    a wake-up settles the waiter's future, never its own timeout."""
+    waiters = Waiters()
+    woken = waiters.register(7, 1)
+    assert await until(woken, 0.01) is False
+    assert not woken.done()
+    assert waiters.decided([(7, 1)]) == 1
+    assert await until(woken, 1) is True
+    waiters.unregister(7, 1, woken)
+    assert len(waiters) == 0

@@ -14,6 +14,7 @@ mechanism alone (``Waiters``, a future per waiter) costs for N waiters (tracemal
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import resource
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from couponrush.service.outcomes import Waiters
+from couponrush.service.outcomes import Waiters, _settle, _woken
 from couponrush_bench.harness import ADMIN_TOKEN, Sandbox, System, coupon_body
 from couponrush_bench.polling import eventually
 from couponrush_bench.servers import ScratchDatabases, run_prefix
@@ -58,13 +59,17 @@ def cpu_s(pid: int) -> float:
 
 
 async def registry_cost(clients: int) -> float:
-    """Bytes per waiter of the waiting mechanism alone: a future in the registry, a timer handle."""
+    """Bytes per waiter of the waiting mechanism alone, as ``service.outcomes.until`` holds it: the waiter's
+    future in the registry, the wait's own future, a done-callback and a timer handle."""
     waiters = Waiters()
+    loop = asyncio.get_running_loop()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     futures = [waiters.register(user, 1) for user in range(clients)]
-    loop = asyncio.get_running_loop()
-    timers = [loop.call_later(30, f.cancel) for f in futures]  # what ``until`` arms per waiter
+    gates = [loop.create_future() for _ in range(clients)]
+    for future, gate in zip(futures, gates, strict=True):
+        future.add_done_callback(functools.partial(_woken, gate))
+    timers = [loop.call_later(30, _settle, g, False) for g in gates]
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
@@ -119,9 +124,10 @@ async def hold(
     return readers, writers
 
 
-async def answered(readers: list[asyncio.StreamReader], marker: bytes) -> None:
+async def answered(readers: list[asyncio.StreamReader], marker: bytes, done: list[int]) -> None:
     async def one(reader: asyncio.StreamReader) -> None:
         await reader.readuntil(marker)
+        done[0] += 1
 
     await asyncio.gather(*(one(r) for r in readers))
 
@@ -144,11 +150,13 @@ async def scenario(system: System, kind: str, path: str, marker: bytes, clients:
         )
     finally:
         await conn.close()
+    done = [0]
     try:
-        await asyncio.wait_for(answered(readers, marker), 60)
+        await asyncio.wait_for(answered(readers, marker, done), 60)
         answered_all: float | None = time.monotonic() - decided
     except TimeoutError:
         answered_all = None
+        print(f"{kind}: {done[0]} of {clients} answered within 60 s; still waiting: {await waiting(system, kind)}")
     for writer in writers:
         writer.close()
     return Figures(

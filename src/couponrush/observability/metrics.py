@@ -155,15 +155,21 @@ def database_families(
     pending = GaugeMetricFamily(
         "couponrush_coupon_pending", "Accepted requests not yet decided, per open coupon", labels=["coupon_id"]
     )
+    available = GaugeMetricFamily(
+        "couponrush_coupon_available",
+        "Units a request can still get (quantity - issued - pending: the live view's stock bar), per open coupon",
+        labels=["coupon_id"],
+    )
     for coupon in coupons:
         remaining.add_metric([str(coupon.coupon_id)], coupon.quantity - coupon.issued)
         pending.add_metric([str(coupon.coupon_id)], coupon.pending)
+        available.add_metric([str(coupon.coupon_id)], max(0, coupon.quantity - coupon.issued - coupon.pending))
     oldest = GaugeMetricFamily(
         "couponrush_oldest_undecided_seconds",
         "Age of the oldest accepted request not yet issued or refused (0 when none; dead letters aside)",
     )
     oldest.add_metric([], undecided.age_s if undecided is not None else 0.0)
-    return [backlog, age, remaining, pending, oldest]
+    return [backlog, age, remaining, pending, available, oldest]
 
 
 def set_consumer_lag(lag: dict[tuple[str, int], int]) -> None:

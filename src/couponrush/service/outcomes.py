@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -21,8 +22,8 @@ Key = tuple[int, int]  # (user id, coupon id)
 
 
 class Waiters:
-    """Futures of waiting requests by (user id, coupon id). A future's result is True when it was woken (a
-    decision heard, a gap, shutdown) and False when its own timer ran out (see ``until``)."""
+    """Futures of waiting requests by (user id, coupon id), set (True) when woken: a decision heard, a gap in
+    what was heard, or shutdown. Timeouts are the waiter's own (``until``) and never settle them."""
 
     def __init__(self) -> None:
         # Usually one waiter per key: a list is the smallest container that also holds a few.
@@ -112,32 +113,40 @@ class RequestOutcomes:
                     last = view
                 if view is None or view.status is not RequestStatus.PENDING or self.waiters.closed:
                     return
-                while True:
-                    heard = await until(woken, heartbeat_s)
-                    # A fresh future before anything can suspend: nothing falls between the two.
-                    self.waiters.unregister(user_id, coupon_id, woken)
-                    woken = self.waiters.register(user_id, coupon_id)
-                    if heard:
-                        break
+                # A heartbeat's timer never settles ``woken``: only a decision (or a gap, or shutdown) does,
+                # so one arriving at the very moment of a heartbeat is still there afterwards.
+                while not await until(woken, heartbeat_s):
                     yield None
+                # Woken: a fresh future before reading again (nothing can suspend in between).
+                self.waiters.unregister(user_id, coupon_id, woken)
+                woken = self.waiters.register(user_id, coupon_id)
         finally:
             self.waiters.unregister(user_id, coupon_id, woken)
 
 
-def _expire(woken: asyncio.Future[bool]) -> None:
-    if not woken.done():
-        woken.set_result(False)
+def _settle(gate: asyncio.Future[bool], value: bool) -> None:
+    if not gate.done():
+        gate.set_result(value)
+
+
+def _woken(gate: asyncio.Future[bool], _: asyncio.Future[bool]) -> None:
+    _settle(gate, True)
 
 
 async def until(woken: asyncio.Future[bool], timeout_s: float) -> bool:
-    """Wait for ``woken`` at most ``timeout_s``: True if it was woken. A timer handle that settles the future
-    itself: no task, no extra future per wait."""
+    """Wait for ``woken`` at most ``timeout_s``: True if it was woken. ``woken`` itself is left as it is (only
+    a wake-up ever settles it); the wait is a small future of its own, a callback and a timer handle."""
     if woken.done():
-        return woken.result()
+        return True
     if timeout_s <= 0:
         return False
-    timer = asyncio.get_running_loop().call_later(timeout_s, _expire, woken)
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[bool] = loop.create_future()
+    wake = functools.partial(_woken, gate)
+    woken.add_done_callback(wake)
+    timer = loop.call_later(timeout_s, _settle, gate, False)
     try:
-        return await woken
+        return await gate
     finally:
         timer.cancel()
+        woken.remove_done_callback(wake)
