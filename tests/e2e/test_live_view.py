@@ -117,3 +117,23 @@ async def test_the_live_view_shows_a_drop_as_it_happens(live_system: System, tmp
     assert screenshot.stat().st_size > 10_000
     if target_path := os.environ.get("COUPONRUSH_LIVE_SCREENSHOT"):
         shutil.copyfile(screenshot, target_path)
+
+
+async def test_the_interactive_docs_render_offline(system: System) -> None:
+    """Swagger UI and ReDoc draw the API's operations with nothing but this server (Chromium runs offline)."""
+    async with chromium_page() as page:
+        await page.goto(f"{system.base_url}/docs")
+        operations = await eventually(
+            lambda: page.evaluate("document.querySelectorAll('.opblock').length"),
+            lambda n: n >= 10,
+            timeout=30,
+            what="Swagger UI listing the operations",
+        )
+        assert operations >= 10
+        await page.goto(f"{system.base_url}/redoc")
+        await eventually(
+            lambda: page.evaluate("document.body.innerText.includes('Ask for a coupon')"),
+            bool,
+            timeout=30,
+            what="ReDoc showing the publish operation",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from couponrush_bench.harness import ADMIN_TOKEN, System, coupon_body, create_co
 from couponrush_bench.invariants import settle
 from couponrush_bench.polling import eventually
 from tests.e2e.test_bad_input import assert_envelope
+from tests.e2e.test_observability import cli
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -217,3 +219,46 @@ async def test_holders_and_requests_page_by_page_and_as_csv(system: System, clie
     assert_envelope(
         await client.get(f"/api/v1/coupons/{coupon_id}/holders?format=xml", headers=ADMIN), 400, "INVALID_REQUEST"
     )
+
+
+async def test_the_cli_schedules_shows_states_and_changes_a_coupon(system: System, client: httpx.AsyncClient) -> None:
+    made = cli(
+        system,
+        "coupons",
+        "create",
+        "--name",
+        "cli drop",
+        "--quantity",
+        "4",
+        "--opens-in",
+        "10m",
+        "--expires-in",
+        "1h",
+        "--json",
+    )
+    assert made.returncode == 0, made.stderr
+    [coupon] = json.loads(made.stdout)
+    assert (coupon["state"], coupon["pendingCount"], coupon["availableQuantity"]) == ("SCHEDULED", 0, 4)
+    assert coupon["opensAt"] is not None
+    refused = await publish(client, 71, coupon["id"])
+    assert_envelope(refused, 409, "NOT_OPEN")
+    assert 595 <= int(refused.headers["Retry-After"]) <= 600
+
+    listed = json.loads(cli(system, "coupons", "list", "--state", "SCHEDULED", "--json").stdout)
+    assert coupon["id"] in [c["id"] for c in listed]
+    assert {c["state"] for c in listed} == {"SCHEDULED"}
+
+    opened = cli(system, "coupons", "update", str(coupon["id"]), "--no-schedule", "--quantity", "6", "--json")
+    assert opened.returncode == 0, opened.stderr
+    [changed] = json.loads(opened.stdout)
+    assert (changed["state"], changed["quantity"], changed["opensAt"]) == ("OPEN", 6, None)
+    assert (await publish(client, 71, coupon["id"])).status_code == 200  # the gate followed at once
+
+    too_low = cli(system, "coupons", "update", str(coupon["id"]), "--quantity", "0")
+    assert too_low.returncode == 2  # invalid input
+    shown = json.loads(cli(system, "coupons", "show", str(coupon["id"]), "--json").stdout)
+    assert shown["state"] == "OPEN"
+    changes = (await client.get(f"/api/v1/coupons/{coupon['id']}/changes", headers=ADMIN)).json()["data"]["items"]
+    assert [c["action"] for c in changes] == ["CREATE", "UPDATE"]
+    assert changes[0]["actor"].startswith("cli:")
+    assert cli(system, "coupons", "update", "987654321", "--name", "x").returncode == 1

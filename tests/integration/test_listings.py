@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from couponrush.adapters.coupons import PostgresCoupons
-from couponrush.adapters.listings import PostgresListings
+from couponrush.adapters.listings import PostgresListings, PostgresLiveReader
 from couponrush.adapters.outcome_reads import BatchedRequestStatus
 from couponrush.adapters.requests import PostgresRequestStatus
 from couponrush.domain.model import CouponState, CouponStatus, RequestStatus
@@ -178,3 +178,29 @@ async def test_reads_of_one_tick_are_one_statement_with_the_same_answers_as_one_
     assert list(together[:-1]) == [await single.latest(*key) for key in keys]
     assert together[-1] == together[0]  # the same key twice in one tick: both answered
     assert together[5] is None
+
+
+async def test_the_live_view_reads_live_coupons_their_counts_per_second_and_their_outbox(db: asyncpg.Pool) -> None:
+    coupons = PostgresCoupons(db)
+    ended = await coupons.create(dataclasses.replace(new_coupon(), expired_at=NOW - timedelta(minutes=10)))
+    just_ended = await coupons.create(dataclasses.replace(new_coupon(), expired_at=NOW - timedelta(minutes=1)))
+    live = await coupons.create(new_coupon(quantity=5))
+    reader = PostgresLiveReader(db, "requests-topic")
+    shown = await reader.live_coupons(NOW, ended_within_s=300, limit=10)
+    assert [s.coupon.id for s in shown] == [live.id, just_ended.id]  # newest first; long ended ones left out
+    assert ended.id not in [s.coupon.id for s in shown]
+
+    for user in (1, 2, 3):
+        await add_request(db, live.id, user)
+    await db.execute(
+        "INSERT INTO user_coupons (user_id, coupon_id, request_id, issued_at) VALUES (9, $1, 'r9', $2)", live.id, NOW
+    )
+    await db.execute(
+        "INSERT INTO outbox (topic, key, payload) VALUES ('requests-topic', $1, ''), ('other-topic', $1, '')",
+        str(live.id),
+    )
+    accepted, issued = await reader.per_second([live.id], NOW - timedelta(minutes=1))
+    assert sum(accepted[live.id].values()) == 3
+    assert issued[live.id] == {int(NOW.timestamp()): 1}
+    assert await reader.unsent([live.id, just_ended.id]) == {live.id: 1}
+    assert await reader.per_second([], NOW) == ({}, {})

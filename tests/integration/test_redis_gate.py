@@ -225,7 +225,8 @@ async def test_terms_follow_an_operators_change_but_never_below_the_units_reserv
     below = await gate.set_terms(coupon(quantity=1))
     assert (below.outcome, below.holders) == (TermsOutcome.BELOW_HOLDERS, 2)
     assert await gate_field(redis, "quantity") == b"3"
-    raised = await gate.set_terms(dataclasses.replace(coupon(quantity=5), opens_at=NOW + timedelta(minutes=1)))
+    later = datetime.now(UTC) + timedelta(minutes=10)  # NOW is when the module was imported: maybe minutes ago
+    raised = await gate.set_terms(dataclasses.replace(coupon(quantity=5), opens_at=later))
     assert raised.outcome is TermsOutcome.APPLIED
     assert (await gate_field(redis, "stock"), await gate_field(redis, "quantity")) == (b"3", b"5")
     assert (await gate.admit(1, 3, "r3", NOW)).reason is RejectReason.NOT_OPEN  # the new opening time holds
@@ -243,7 +244,7 @@ async def test_terms_follow_an_operators_change_but_never_below_the_units_reserv
 
 async def test_a_rebuild_keeps_the_opening_time(redis: Redis) -> None:
     gate = RedisReservingGate(redis)
-    scheduled = dataclasses.replace(coupon(quantity=2), opens_at=NOW + timedelta(hours=1) - timedelta(minutes=1))
+    scheduled = dataclasses.replace(coupon(quantity=2), opens_at=datetime.now(UTC) + timedelta(minutes=10))
     assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
     assert await gate.finish_rebuild(1, "t", GateSnapshot(scheduled, {}), NOW)
     assert (await gate.admit(1, 7, "r7", NOW)).reason is RejectReason.NOT_OPEN
