@@ -208,7 +208,7 @@ async def test_a_scheduled_gate_opens_by_the_redis_servers_clock_whatever_the_ca
     assert verdict.opens_at is not None
     assert verdict.opens_in_s is not None
     assert timedelta(0) <= verdict.opens_at - opens_at < timedelta(milliseconds=1)
-    assert 0 < verdict.opens_in_s <= 0.4
+    assert 0 < verdict.opens_in_s <= 0.401  # whole milliseconds: the opening rounded up, the clock down
     assert len(await holders(redis)) == 0  # a refusal writes nothing
 
     async def admitted() -> GateState:
