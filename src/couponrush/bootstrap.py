@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from couponrush.adapters.coupons import PostgresCoupons, PostgresGateSnapshots
 from couponrush.adapters.db import create_pool
+from couponrush.adapters.decisions import PostgresDecisionListener
 from couponrush.adapters.failures import is_infrastructure_failure
 from couponrush.adapters.gate import RedisReservingGate
 from couponrush.adapters.issuer import PostgresIssuer
@@ -28,8 +29,10 @@ from couponrush.adapters.kafka_clients import (
     kafka_client_options,
 )
 from couponrush.adapters.kafka_topics import TopicsNotReady, ensure_topics, topic_policy
+from couponrush.adapters.listings import PostgresListings, PostgresLiveReader
 from couponrush.adapters.operations import PostgresOperations
 from couponrush.adapters.outbox import PostgresOutbox
+from couponrush.adapters.outcome_reads import BatchedRequestStatus
 from couponrush.adapters.probes import KafkaProbe, PostgresProbe, RedisProbe
 from couponrush.adapters.reconcile import PostgresLedger, RedisGateInspector
 from couponrush.adapters.requests import GroupCommitRequestLog, PostgresRequestLog, PostgresRequestStatus
@@ -45,6 +48,7 @@ from couponrush.observability.instrument import (
     ObservedSource,
     TimedGate,
 )
+from couponrush.observability.metrics import cumulative_buckets
 from couponrush.roles.relay import RelayRole
 from couponrush.roles.worker import WorkerRole
 from couponrush.service.admission import Admission
@@ -52,6 +56,8 @@ from couponrush.service.coupon_admin import CouponAdmin
 from couponrush.service.dead_letters import ReleasingDeadLetters, RetryPolicy
 from couponrush.service.gate_rebuild import GateRebuilder
 from couponrush.service.issuing import IssuingService
+from couponrush.service.live import LiveView
+from couponrush.service.outcomes import RequestOutcomes, Waiters
 from couponrush.service.ports import Gate, RecordSource
 from couponrush.service.reconcile import Reconciler, RepairCounter
 from couponrush.service.stalls import StallWatch
@@ -76,6 +82,10 @@ class Services:
         return PostgresCoupons(self.pool)
 
     @property
+    def listings(self) -> PostgresListings:
+        return PostgresListings(self.pool)
+
+    @property
     def request_status(self) -> PostgresRequestStatus:
         return PostgresRequestStatus(self.pool)
 
@@ -91,6 +101,18 @@ class Services:
             schedule_rebuild=self.rebuilder.schedule,
             record_timeout_s=self.settings.record_timeout_s,
             new_request_id=request_id_or_new,
+        )
+
+    def outcomes(self, waiters: Waiters) -> RequestOutcomes:
+        # Thousands of clients woken by one commit read their outcomes in a few statements, not one each.
+        return RequestOutcomes(status=BatchedRequestStatus(self.pool), waiters=waiters)
+
+    def live_view(self, latency_route: str) -> LiveView:
+        """One per API process: the live page's sampler (reading only while someone watches); its HTTP p99 is
+        the ``latency_route``'s, over this host's API processes."""
+        return LiveView(
+            reader=PostgresLiveReader(self.pool, self.settings.publish_requested_topic),
+            http_buckets=lambda: cumulative_buckets("couponrush_http_request_duration_seconds", route=latency_route),
         )
 
     def coupon_admin(self) -> CouponAdmin:
@@ -165,6 +187,18 @@ async def open_services(settings: Settings, role: str = "cli") -> AsyncIterator[
         await rebuilder.close()
         await redis.aclose()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def listen_for_decisions(settings: Settings, waiters: Waiters) -> AsyncIterator[PostgresDecisionListener]:
+    """One LISTEN connection per API process, waking the process's waiters when requests are decided."""
+    listener = PostgresDecisionListener(settings.database_url, on_decided=waiters.decided, on_gap=waiters.wake_all)
+    listener.start()
+    try:
+        yield listener
+    finally:
+        waiters.close()
+        await listener.close()
 
 
 # --- Kafka clients: every one gets the same options (security, pass-through, logging) and topic policy ---

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     # this secret for that same user id (see docs/OPERATIONS.md, "User identity").
     user_token_secret: SecretStr | None = None
 
+    # A stream of a request's outcome (GET .../request/events) sends a comment this often while nothing
+    # happens, so proxies don't close it as idle.
+    sse_heartbeat_s: float = Field(default=15.0, ge=1, le=300)
+    # How long a live-view session (the cookie set after signing in with the admin token) lasts.
+    live_session_s: int = Field(default=12 * 3600, ge=60, le=7 * 24 * 3600)
+
     log_level: str = "INFO"
     # "auto": JSON lines when stdout is not a terminal, text when it is.
     log_format: Literal["auto", "json", "text"] = "auto"

@@ -219,7 +219,13 @@ async def test_a_coupon_reads_back_with_its_counts(client: httpx.AsyncClient) ->
         "remainingQuantity",
         "status",
         "expiredAt",
+        # Additions (the operators' issue): the derived state and the counts behind it.
+        "opensAt",
+        "state",
+        "pendingCount",
+        "availableQuantity",
     }
+    assert (data["state"], data["opensAt"], data["pendingCount"], data["availableQuantity"]) == ("OPEN", None, 0, 7)
 
 
 async def test_closed_and_expired_coupons_are_refused_at_once_with_409(client: httpx.AsyncClient) -> None:

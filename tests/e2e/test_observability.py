@@ -244,10 +244,14 @@ async def test_two_api_processes_report_summed_counters_and_clean_up(system: Sys
         for user in range(8000, 8040):
             answer = await http.post(f"/api/v1/users/{user}/coupons/publish", json={"couponId": coupon_id})
             assert answer.status_code == 200
-        sums = [
-            value(await scrape(url), "couponrush_publish_requests_total", outcome="accepted", reason="OK")
-            for _ in range(6)
-        ]
+
+        async def accepted() -> float:
+            return value(await scrape(url), "couponrush_publish_requests_total", outcome="accepted", reason="OK")
+
+        # Each process writes its counts at the latest 0.1 s after counting (metrics.Tally): then every
+        # scrape, whichever process serves it, sums both.
+        await eventually(accepted, lambda n: n == 40.0, timeout=5, what="both processes' counts written")
+        sums = [await accepted() for _ in range(6)]
     assert sums == [40.0] * 6
     directory = Path(system.log_of("api-multi").split("summed in ", 1)[1].split(" ", 1)[0])
     pids, exists = _metric_files(directory)

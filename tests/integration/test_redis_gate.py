@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,8 +11,8 @@ from redis.asyncio import Redis
 
 from couponrush.adapters.gate import RedisReservingGate, gate_key, holders_key
 from couponrush.domain.model import Coupon, CouponStatus, GateSnapshot, RejectReason
-from couponrush.service.ports import GateState
-from tests.support.polling import eventually
+from couponrush.service.ports import GateState, TermsOutcome
+from couponrush_bench.polling import eventually
 
 NOW = datetime.now(UTC)
 
@@ -279,3 +280,61 @@ async def test_a_flush_no_message_announces_is_noticed_by_the_recheck(redis: Red
     finally:
         stop.set()
         await watching
+
+
+async def redis_now(redis: Redis) -> datetime:
+    seconds, micros = await redis.time()
+    return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+
+
+async def test_a_scheduled_gate_opens_by_the_redis_servers_clock_whatever_the_callers(redis: Redis) -> None:
+    opens_at = await redis_now(redis) + timedelta(milliseconds=400)
+    gate = RedisReservingGate(redis)
+    scheduled = dataclasses.replace(coupon(quantity=2), opens_at=opens_at)
+    assert await gate.open(scheduled, NOW, created=True)
+    # A caller whose clock is an hour ahead is refused all the same, told when and how long to wait.
+    verdict = await gate.admit(1, 7, "r7", NOW + timedelta(hours=1) - timedelta(seconds=1))
+    assert (verdict.state, verdict.reason) == (GateState.CLOSED, RejectReason.NOT_OPEN)
+    assert verdict.opens_at is not None
+    assert verdict.opens_in_s is not None
+    assert timedelta(0) <= verdict.opens_at - opens_at < timedelta(milliseconds=1)
+    assert 0 < verdict.opens_in_s <= 0.401  # whole milliseconds: the opening rounded up, the clock down
+    assert len(await holders(redis)) == 0  # a refusal writes nothing
+
+    async def admitted() -> GateState:
+        return (await gate.admit(1, 7, "r7", NOW)).state
+
+    await eventually(admitted, lambda s: s is GateState.ADMITTED, timeout=5, interval=0.01, what="opening")
+    assert await redis_now(redis) >= opens_at
+
+
+async def test_terms_follow_an_operators_change_but_never_below_the_units_reserved(redis: Redis) -> None:
+    gate = await opened(redis, quantity=3)
+    for user in (1, 2):
+        await gate.admit(1, user, f"r{user}", NOW)
+    below = await gate.set_terms(coupon(quantity=1))
+    assert (below.outcome, below.holders) == (TermsOutcome.BELOW_HOLDERS, 2)
+    assert await gate_field(redis, "quantity") == b"3"
+    later = datetime.now(UTC) + timedelta(minutes=10)  # NOW is when the module was imported: maybe minutes ago
+    raised = await gate.set_terms(dataclasses.replace(coupon(quantity=5), opens_at=later))
+    assert raised.outcome is TermsOutcome.APPLIED
+    assert (await gate_field(redis, "stock"), await gate_field(redis, "quantity")) == (b"3", b"5")
+    assert (await gate.admit(1, 3, "r3", NOW)).reason is RejectReason.NOT_OPEN  # the new opening time holds
+    lowered = await gate.set_terms(coupon(quantity=2))
+    assert lowered.outcome is TermsOutcome.APPLIED
+    assert await gate_field(redis, "stock") == b"0"
+    assert await redis.get("coupon:available:1") == b"false"  # the report's flag follows: sold out
+    assert (await gate.set_terms(coupon(quantity=9, expires_in=timedelta(hours=2)))).outcome is TermsOutcome.APPLIED
+    assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
+    assert (await gate.set_terms(coupon(quantity=9))).outcome is TermsOutcome.REBUILDING
+    await redis.flushdb()
+    assert (await gate.set_terms(coupon(quantity=9))).outcome is TermsOutcome.MISSING
+    assert await gate.missing([1]) == [1]  # nothing was written into a missing gate
+
+
+async def test_a_rebuild_keeps_the_opening_time(redis: Redis) -> None:
+    gate = RedisReservingGate(redis)
+    scheduled = dataclasses.replace(coupon(quantity=2), opens_at=datetime.now(UTC) + timedelta(minutes=10))
+    assert await gate.begin_rebuild(1, "t", NOW, lease_s=30)
+    assert await gate.finish_rebuild(1, "t", GateSnapshot(scheduled, {}), NOW)
+    assert (await gate.admit(1, 7, "r7", NOW)).reason is RejectReason.NOT_OPEN

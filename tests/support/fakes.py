@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,7 +22,16 @@ from couponrush.domain.model import (
     UserCoupon,
 )
 from couponrush.service.issuing import IssuingService
-from couponrush.service.ports import GateState, GateVerdict, InboundRecord, Issuer, OutboundMessage, OutboxRow
+from couponrush.service.ports import (
+    GateState,
+    GateTerms,
+    GateVerdict,
+    InboundRecord,
+    Issuer,
+    OutboundMessage,
+    OutboxRow,
+    TermsOutcome,
+)
 
 
 @dataclass
@@ -38,11 +48,19 @@ class FakeGate:
     fail_closes: int = 0
     # Reserved and not yet confirmed recorded: (coupon, user, request) -> when.
     fresh: dict[tuple[int, int, str], datetime] = field(default_factory=dict)
+    opens: dict[int, datetime | None] = field(default_factory=dict)
+    quantity: dict[int, int] = field(default_factory=dict)
+    # The Redis server's clock, which judges opening times (None: the caller's ``now``).
+    server_clock: Callable[[], datetime] | None = None
+    # Every set_terms call, in order (what the gate was told and when).
+    terms: list[Coupon] = field(default_factory=list)
+    fail_terms: int = 0
 
     def forget(self, coupon_id: int) -> None:
         """What a Redis flush does to one coupon."""
-        for state in (self.open_, self.reasons, self.expires, self.stock, self.holders, self.rebuilding):
+        for state in (self.open_, self.reasons, self.expires, self.stock, self.holders, self.rebuilding, self.opens):
             state.pop(coupon_id, None)
+        self.quantity.pop(coupon_id, None)
         self.fresh = {k: v for k, v in self.fresh.items() if k[0] != coupon_id}
 
     async def admit(self, coupon_id: int, user_id: int, request_id: str, now: datetime) -> GateVerdict:
@@ -54,6 +72,11 @@ class FakeGate:
             return GateVerdict(GateState.CLOSED, self.reasons.get(coupon_id, RejectReason.NOT_OPEN))
         if now >= self.expires[coupon_id]:
             return GateVerdict(GateState.CLOSED, RejectReason.EXPIRED)
+        opens_at = self.opens.get(coupon_id)
+        server_now = self.server_clock() if self.server_clock else now
+        if opens_at is not None and server_now < opens_at:
+            wait = (opens_at - server_now).total_seconds()
+            return GateVerdict(GateState.CLOSED, RejectReason.NOT_OPEN, opens_at=opens_at, opens_in_s=wait)
         if user_id in self.holders[coupon_id]:
             return GateVerdict(GateState.DUPLICATE)
         if self.stock[coupon_id] <= 0:
@@ -76,10 +99,30 @@ class FakeGate:
             return False
         if created:
             self.stock[coupon.id] = coupon.quantity
+            self.quantity[coupon.id] = coupon.quantity
             self.holders[coupon.id] = {}
             self.expires[coupon.id] = coupon.expired_at
+            self.opens[coupon.id] = coupon.opens_at
         self.open_[coupon.id] = coupon.status is CouponStatus.PUBLISHABLE
         return True
+
+    async def set_terms(self, coupon: Coupon) -> GateTerms:
+        if self.fail_terms > 0:
+            self.fail_terms -= 1
+            raise ConnectionError("redis is away")
+        if coupon.id in self.rebuilding:
+            return GateTerms(TermsOutcome.REBUILDING)
+        if coupon.id not in self.open_:
+            return GateTerms(TermsOutcome.MISSING)
+        held = len(self.holders[coupon.id])
+        if coupon.quantity < held:
+            return GateTerms(TermsOutcome.BELOW_HOLDERS, held)
+        self.terms.append(coupon)
+        self.quantity[coupon.id] = coupon.quantity
+        self.stock[coupon.id] = coupon.quantity - held
+        self.expires[coupon.id] = coupon.expired_at
+        self.opens[coupon.id] = coupon.opens_at
+        return GateTerms(TermsOutcome.APPLIED, held)
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None:
         if self.fail_closes > 0:
@@ -118,6 +161,8 @@ class FakeGate:
         coupon = snapshot.coupon
         self.open_[coupon_id] = coupon.status is CouponStatus.PUBLISHABLE
         self.expires[coupon_id] = coupon.expired_at
+        self.opens[coupon_id] = coupon.opens_at
+        self.quantity[coupon_id] = coupon.quantity
         self.holders[coupon_id] = dict(snapshot.reservations)
         self.stock[coupon_id] = snapshot.stock
         self.fresh = {k: v for k, v in self.fresh.items() if k[0] != coupon_id}
@@ -125,11 +170,33 @@ class FakeGate:
 
 
 @dataclass
+class FakeChange:
+    store: FakeCoupons
+    coupon: Coupon
+    pending: int
+
+    async def save(self, after: Coupon, *, actor: str, action: str) -> Coupon:
+        if self.store.fail_saves > 0:
+            self.store.fail_saves -= 1
+            raise ConnectionError("database is away")
+        if after.issued_count > after.quantity:
+            raise ValueError("coupons_issued_within_quantity")
+        self.store.coupons[after.id] = after
+        self.store.changes.append((after.id, actor, action, self.coupon, after))
+        return after
+
+
+@dataclass
 class FakeCoupons:
     coupons: dict[int, Coupon] = field(default_factory=dict)
     held: list[UserCoupon] = field(default_factory=list)
+    # coupon id -> its pending requests (what ``changing`` reports)
+    pending: dict[int, int] = field(default_factory=dict)
+    # (coupon id, actor, action, before, after) of every change
+    changes: list[tuple[int, str, str, Coupon | None, Coupon]] = field(default_factory=list)
+    fail_saves: int = 0
 
-    async def create(self, new: NewCoupon) -> Coupon:
+    async def create(self, new: NewCoupon, *, actor: str = "system") -> Coupon:
         coupon = Coupon(
             id=len(self.coupons) + 1,
             name=new.name,
@@ -138,8 +205,10 @@ class FakeCoupons:
             issued_count=0,
             status=new.status,
             expired_at=new.expired_at,
+            opens_at=new.opens_at,
         )
         self.coupons[coupon.id] = coupon
+        self.changes.append((coupon.id, actor, "CREATE", None, coupon))
         return coupon
 
     async def get(self, coupon_id: int) -> Coupon | None:
@@ -148,12 +217,19 @@ class FakeCoupons:
     async def held_by(self, user_id: int) -> list[UserCoupon]:
         return [h for h in self.held if h.user_id == user_id]
 
-    async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None:
+    async def set_status(self, coupon_id: int, status: CouponStatus, *, actor: str = "system") -> Coupon | None:
         coupon = self.coupons.get(coupon_id)
         if coupon is None:
             return None
         self.coupons[coupon_id] = dataclasses.replace(coupon, status=status)
+        action = "OPEN" if status is CouponStatus.PUBLISHABLE else "CLOSE"
+        self.changes.append((coupon_id, actor, action, coupon, self.coupons[coupon_id]))
         return self.coupons[coupon_id]
+
+    @contextlib.asynccontextmanager
+    async def changing(self, coupon_id: int) -> AsyncIterator[FakeChange | None]:
+        coupon = self.coupons.get(coupon_id)
+        yield None if coupon is None else FakeChange(self, coupon, self.pending.get(coupon_id, 0))
 
 
 @dataclass

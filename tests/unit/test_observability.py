@@ -125,6 +125,7 @@ def test_database_gauges_render_as_prometheus_text() -> None:
     assert parsed[("couponrush_outbox_oldest_age_seconds", ())] == 1.5
     assert parsed[("couponrush_coupon_remaining", (("coupon_id", "7"),))] == 6
     assert parsed[("couponrush_coupon_pending", (("coupon_id", "7"),))] == 2
+    assert parsed[("couponrush_coupon_available", (("coupon_id", "7"),))] == 4  # 10 - 4 issued - 2 pending
 
 
 def test_consumer_lag_series_follow_the_assignment() -> None:

@@ -152,5 +152,26 @@ def drop(
     console.print(f"[green]written to {path}[/green]")
 
 
+@app.command()
+def waiters(
+    clients: Annotated[int, typer.Option(help="clients waiting at once")] = 10_000,
+    idle: Annotated[float, typer.Option(help="seconds of the idle window measured")] = 10.0,
+    pg_base: Annotated[
+        str, typer.Option(help="PostgreSQL server (no database)")
+    ] = "postgresql://postgres@127.0.0.1:5432",
+    out: Annotated[Path, typer.Option(help="where the JSON goes")] = Path("bench/results"),
+) -> None:
+    """What N clients waiting for their outcome (long poll, then SSE) cost an idle API process: memory, CPU,
+    and the time from the deciding commit to the last answer. Runs a system of its own (API only)."""
+    from couponrush_bench.idle_waiters import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = asyncio.run(run(clients, idle, pg_base, out / "waiters-logs"))
+    path = out / f"waiters-{clients}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    console.print_json(json.dumps(figures))
+    console.print(f"[green]written to {path}[/green]")
+
+
 def main() -> None:
     app()

@@ -3,7 +3,8 @@ unit for this user. Its keys carry the coupon id as a hash tag, so each script t
 Cluster slot:
 
 - ``coupon:{id}:gate``: hash of ``open`` (1/0), ``reason`` (why closed), ``expires_at`` (epoch ms),
-  ``quantity``, ``stock`` (units not yet reserved), and ``rebuilding`` while it is rebuilt;
+  ``quantity``, ``stock`` (units not yet reserved), ``opens_at`` (epoch ms by the Redis server's clock,
+  ``0``: no schedule), and ``rebuilding`` while it is rebuilt;
 - ``coupon:{id}:holders``: hash user id -> request id holding that user's unit (issued or pending).
   Releasing names the request, so a late or repeated release can never free another request's unit.
 - ``coupon:{id}:fresh``: sorted set of ``user:request`` reserved but not yet confirmed recorded, scored
@@ -24,7 +25,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.exceptions
@@ -33,7 +34,7 @@ from redis.commands.core import AsyncScript
 
 from couponrush.domain.model import Coupon, GateSnapshot, RejectReason
 from couponrush.service.logs import failed
-from couponrush.service.ports import GateState, GateUnreachable, GateVerdict
+from couponrush.service.ports import GateState, GateTerms, GateUnreachable, GateVerdict, TermsOutcome
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,22 @@ def _epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _opens_at_ms(coupon: Coupon) -> str:
+    """The gate's ``opens_at``: epoch ms rounded up (never a fraction of a millisecond early), or "0" for a
+    coupon that opens as soon as it is open."""
+    if coupon.opens_at is None:
+        return "0"
+    micros = (coupon.opens_at - _EPOCH) // timedelta(microseconds=1)
+    return str(-(-micros // 1000))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _from_epoch_ms(value: bytes) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, UTC)
+
+
 # KEYS: flag, reason, expires-at. ARGV: flag value, reason ("" for none), expires-at ms, only-if-missing.
 _SET_FLAG = """
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -113,20 +130,34 @@ class ReportFlag:
 # KEYS: gate, holders, fresh. ARGV: now ms, then (user id, request id) pairs in arrival order.
 # Returns one verdict per pair: 'A' admitted (a unit reserved for it), 'D' this user holds one already,
 # or why not: a reason (SOLD_OUT, EXPIRED, NOT_OPEN...), MISSING (no state) or REBUILDING; then the
-# stock left. The coupon-wide checks come first and change nothing; each pair is then decided as a
-# single admission would be, seeing the pairs before it.
+# stock left; then, for a coupon scheduled to open later, its opening (epoch ms) and the ms left.
+# The coupon-wide checks come first and change nothing; each pair is then decided as a single
+# admission would be, seeing the pairs before it. A scheduled opening (``opens_at``, epoch ms, "0" or
+# absent: none) is judged by this Redis server's clock (TIME), the one clock every API process and host
+# shares: no host with a fast clock opens early. (Redis >= 5 replicates a script's effects, so writing
+# after TIME is allowed.)
 _ADMIT = """
-local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open', 'reason', 'expires_at', 'stock')
+local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open', 'reason', 'expires_at', 'stock', 'opens_at')
 local n = (#ARGV - 1) / 2
 local out = {}
 local all = nil
+local wait = 0
 if g[1] then all = 'REBUILDING'
 elseif not g[2] then all = 'MISSING'
 elseif g[2] ~= '1' then all = g[3] or 'NOT_OPEN'
-elseif tonumber(ARGV[1]) >= tonumber(g[4]) then all = 'EXPIRED' end
+elseif tonumber(ARGV[1]) >= tonumber(g[4]) then all = 'EXPIRED'
+elseif g[6] and g[6] ~= '0' then
+  local t = redis.call('TIME')
+  wait = tonumber(g[6]) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  if wait > 0 then all = 'NOT_OPEN' end
+end
 if all then
   for i = 1, n do out[i] = all end
   out[n + 1] = -1
+  if wait > 0 then
+    out[n + 2] = g[6]
+    out[n + 3] = tostring(wait)
+  end
   return out
 end
 local stock = tonumber(g[5])
@@ -209,16 +240,35 @@ return 1
 """
 )
 
-# KEYS: gate, holders, fresh. ARGV: open, reason, expires_at, quantity, stock. Creates a gate only if none exists.
+# KEYS: gate, holders, fresh. ARGV: open, reason, expires_at, quantity, stock, opens_at (ms, "0": none).
+# Creates a gate only if none exists.
 _INIT = (
     _CHANGED
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'open', ARGV[1], 'reason', ARGV[2], 'expires_at', ARGV[3], 'quantity', ARGV[4],
-           'stock', ARGV[5])
+           'stock', ARGV[5], 'opens_at', ARGV[6])
 changed()
 return 1
+"""
+)
+
+# KEYS: gate, holders. ARGV: quantity, expires_at ms, opens_at ms ("0": none). An operator's change of a
+# coupon: only where the gate has state and is not fenced, and never below the units reserved (stock
+# = quantity - holders, the gate's invariant). Returns {outcome, holders}.
+_SET_TERMS = (
+    _CHANGED
+    + """
+local g = redis.call('HMGET', KEYS[1], 'rebuilding', 'open')
+if g[1] then return {'REBUILDING', 0} end
+if not g[2] then return {'MISSING', 0} end
+local held = redis.call('HLEN', KEYS[2])
+if tonumber(ARGV[1]) < held then return {'BELOW_HOLDERS', held} end
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', tonumber(ARGV[1]) - held, 'expires_at', ARGV[2],
+           'opens_at', ARGV[3])
+changed()
+return {'APPLIED', held}
 """
 )
 
@@ -237,16 +287,16 @@ return 1
 """
 )
 
-# KEYS: gate, holders, fresh. ARGV: token, open, reason, expires_at, quantity, stock, then user/request pairs.
-# The snapshot comes from the database, so every reservation in it is recorded: nothing is fresh.
+# KEYS: gate, holders, fresh. ARGV: token, open, reason, expires_at, quantity, stock, opens_at, then user/request
+# pairs. The snapshot comes from the database, so every reservation in it is recorded: nothing is fresh.
 _FINISH_REBUILD = (
     _CHANGED
     + """
 if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'open', ARGV[2], 'reason', ARGV[3], 'expires_at', ARGV[4], 'quantity', ARGV[5],
-           'stock', ARGV[6])
+           'stock', ARGV[6], 'opens_at', ARGV[7])
 changed()
 return 1
 """
@@ -508,8 +558,14 @@ class RedisReservingGate:
             if _never_connected(exc):
                 raise GateUnreachable(f"Redis is unreachable: {exc}") from exc
             raise
-        verdicts = [_VERDICTS[code] for code in answer[:-1]]
-        stock = int(answer[-1])
+        verdicts = [_VERDICTS[code] for code in answer[: len(pairs)]]
+        stock = int(answer[len(pairs)])
+        if len(answer) > len(pairs) + 1:  # scheduled: not open yet by the Redis server's clock
+            opens_at, wait_ms = _from_epoch_ms(answer[-2]), int(answer[-1])
+            scheduled = GateVerdict(
+                GateState.CLOSED, RejectReason.NOT_OPEN, opens_at=opens_at, opens_in_s=wait_ms / 1000
+            )
+            return [scheduled] * len(pairs)
         if stock == 0 and self.sold_out.active:
             self._coalescer.background(self.sold_out.learn(coupon_id))
         if stock == 0 and any(v.state is GateState.ADMITTED for v in verdicts):
@@ -544,6 +600,7 @@ class RedisReservingGate:
                 str(_epoch_ms(coupon.expired_at)),
                 str(coupon.quantity),
                 str(coupon.quantity),
+                _opens_at_ms(coupon),
             )
         else:
             # An existing coupon's stock depends on its pending requests: only flip ``open`` where the
@@ -559,6 +616,21 @@ class RedisReservingGate:
             await self.redis.eval(_SET_OPEN, 1, gate_key(coupon_id), "0", reason.value)  # type: ignore[misc]
         # Expiry and stock are checked by the script itself; the flag follows in every case.
         await self.flag.close(coupon_id, reason)
+
+    async def set_terms(self, coupon: Coupon) -> GateTerms:
+        outcome, held = await self.redis.eval(  # type: ignore[misc]
+            _SET_TERMS,
+            2,
+            gate_key(coupon.id),
+            holders_key(coupon.id),
+            str(coupon.quantity),
+            str(_epoch_ms(coupon.expired_at)),
+            _opens_at_ms(coupon),
+        )
+        terms = GateTerms(TermsOutcome(outcome.decode()), int(held))
+        if terms.outcome is TermsOutcome.APPLIED:
+            await self._refresh_flag(coupon.id)
+        return terms
 
     async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -589,6 +661,7 @@ class RedisReservingGate:
             str(_epoch_ms(coupon.expired_at)),
             str(coupon.quantity),
             str(snapshot.stock),
+            _opens_at_ms(coupon),
             *pairs,
         )
         if done:

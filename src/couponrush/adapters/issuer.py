@@ -203,3 +203,10 @@ class PostgresIssuer:
             [None if d.reason is None else d.reason.value for d in decisions],
             now,
         )
+        # Wake whoever waits for these outcomes (long-poll, SSE): "userId:couponId" pairs, at most 200 per
+        # notification (its payload is limited to 8000 bytes); delivered at commit.
+        pairs = [f"{d.request.user_id}:{d.request.coupon_id}" for d in decisions]
+        await conn.execute(
+            "SELECT pg_notify('couponrush_decided', chunk) FROM unnest($1::text[]) AS chunk",
+            [",".join(pairs[i : i + 200]) for i in range(0, len(pairs), 200)],
+        )

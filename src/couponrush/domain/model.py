@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
@@ -12,6 +13,25 @@ from decimal import Decimal
 class CouponStatus(enum.StrEnum):
     PUBLISHABLE = "PUBLISHABLE"
     UNPUBLISHABLE = "UNPUBLISHABLE"
+
+
+class CouponState(enum.StrEnum):
+    """What a coupon is now, derived from its stored status, its times and its counts (never stored)."""
+
+    SCHEDULED = "SCHEDULED"  # publishable, its opening time not reached yet
+    OPEN = "OPEN"  # admitting requests
+    SOLD_OUT = "SOLD_OUT"  # every unit issued or reserved by a pending request
+    CLOSED = "CLOSED"  # an administrator closed it (UNPUBLISHABLE)
+    EXPIRED = "EXPIRED"  # past its expiry: over for good, whatever its status
+
+
+class InvalidField(ValueError):
+    """A value an operator gave breaks a rule; ``field`` is its name on the wire (``expiredAt``...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class RejectReason(enum.StrEnum):
@@ -43,16 +63,32 @@ class NewCoupon:
     quantity: int
     status: CouponStatus
     expired_at: datetime
+    # None: it admits as soon as it is open; otherwise not before this instant (by the gate's clock).
+    opens_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
-            raise ValueError("name must not be blank")
+            raise InvalidField("name", "must not be blank")
         if not (Decimal(0) < self.discount_rate <= Decimal(1)):
-            raise ValueError("discountRate must be greater than 0 and at most 1")
+            raise InvalidField("discountRate", "must be greater than 0 and at most 1")
         if self.quantity <= 0:
-            raise ValueError("quantity must be greater than 0")
-        if self.expired_at.tzinfo is None:
-            raise ValueError("expiredAt must carry a UTC offset")
+            raise InvalidField("quantity", "must be greater than 0")
+        check_times(self.expired_at, self.opens_at)
+
+    def check_not_over(self, now: datetime) -> None:
+        """A new coupon must be able to admit someone: its expiry lies ahead."""
+        if self.expired_at <= now:
+            raise InvalidField("expiredAt", "must be in the future")
+
+
+def check_times(expired_at: datetime, opens_at: datetime | None) -> None:
+    if expired_at.tzinfo is None:
+        raise InvalidField("expiredAt", "must carry a UTC offset")
+    if opens_at is not None:
+        if opens_at.tzinfo is None:
+            raise InvalidField("opensAt", "must carry a UTC offset")
+        if expired_at <= opens_at:
+            raise InvalidField("expiredAt", "must be after opensAt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +100,28 @@ class Coupon:
     issued_count: int
     status: CouponStatus
     expired_at: datetime
+    opens_at: datetime | None = None
 
     @property
     def remaining_quantity(self) -> int:
         return self.quantity - self.issued_count
+
+    def state(self, now: datetime, pending: int) -> CouponState:
+        """What it is now; ``pending`` counts its accepted requests not yet decided (each holds a unit).
+
+        Expiry wins over everything (an expired coupon never admits again), an administrator's close
+        over the schedule, the schedule over stock. ``now`` is the reader's clock: the gate itself
+        opens by the Redis server's clock, so around ``opens_at`` the two may differ by the clocks' skew.
+        """
+        if now >= self.expired_at:
+            return CouponState.EXPIRED
+        if self.status is not CouponStatus.PUBLISHABLE:
+            return CouponState.CLOSED
+        if self.opens_at is not None and now < self.opens_at:
+            return CouponState.SCHEDULED
+        if self.issued_count + pending >= self.quantity:
+            return CouponState.SOLD_OUT
+        return CouponState.OPEN
 
     def closed_reason(self, now: datetime) -> RejectReason | None:
         """Why nobody at all can be issued this coupon now, or None when it is open.
@@ -99,15 +153,7 @@ class Coupon:
     def after_issuing_one(self) -> Coupon:
         if self.remaining_quantity <= 0:
             raise ValueError(f"coupon {self.id} has no quantity left")
-        return Coupon(
-            id=self.id,
-            name=self.name,
-            discount_rate=self.discount_rate,
-            quantity=self.quantity,
-            issued_count=self.issued_count + 1,
-            status=self.status,
-            expired_at=self.expired_at,
-        )
+        return dataclasses.replace(self, issued_count=self.issued_count + 1)
 
 
 @dataclass(frozen=True, slots=True)

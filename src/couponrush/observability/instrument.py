@@ -24,6 +24,7 @@ from couponrush.service.ports import (
     DeadLetters,
     EventSink,
     Gate,
+    GateTerms,
     GateVerdict,
     InboundRecord,
     OutboundMessage,
@@ -64,6 +65,9 @@ class TimedGate:
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None:
         await self.inner.close(coupon_id, reason)
+
+    async def set_terms(self, coupon: Coupon) -> GateTerms:
+        return await self.inner.set_terms(coupon)
 
     async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
         return await self.inner.missing(coupon_ids)

@@ -59,6 +59,12 @@ HTTP_REQUESTS = Counter(
 HTTP_SECONDS = Histogram(
     "couponrush_http_request_duration_seconds", "HTTP request duration", ["method", "route"], buckets=_FAST
 )
+WAITING_CLIENTS = Gauge(
+    "couponrush_waiting_clients",
+    "HTTP requests waiting for a request's outcome, by kind (long poll: ?wait=N; stream: .../request/events)",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
 
 # --- relay -------------------------------------------------------------------------------------
 RELAY_SENT = Counter("couponrush_relay_sent_total", "Outbox rows sent and acknowledged by the broker", ["topic"])
@@ -152,15 +158,21 @@ def database_families(
     pending = GaugeMetricFamily(
         "couponrush_coupon_pending", "Accepted requests not yet decided, per open coupon", labels=["coupon_id"]
     )
+    available = GaugeMetricFamily(
+        "couponrush_coupon_available",
+        "Units a request can still get (quantity - issued - pending: the live view's stock bar), per open coupon",
+        labels=["coupon_id"],
+    )
     for coupon in coupons:
         remaining.add_metric([str(coupon.coupon_id)], coupon.quantity - coupon.issued)
         pending.add_metric([str(coupon.coupon_id)], coupon.pending)
+        available.add_metric([str(coupon.coupon_id)], max(0, coupon.quantity - coupon.issued - coupon.pending))
     oldest = GaugeMetricFamily(
         "couponrush_oldest_undecided_seconds",
         "Age of the oldest accepted request not yet issued or refused (0 when none; dead letters aside)",
     )
     oldest.add_metric([], undecided.age_s if undecided is not None else 0.0)
-    return [backlog, age, remaining, pending, oldest]
+    return [backlog, age, remaining, pending, available, oldest]
 
 
 def set_consumer_lag(lag: dict[tuple[str, int], int]) -> None:
@@ -234,3 +246,22 @@ def _observe_many(child: Any, values: list[float]) -> None:
 
 
 TALLY = Tally()
+
+
+def cumulative_buckets(histogram: str, **labels: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram of this process, or of every API worker process, summed
+    over the series whose labels include ``labels``; what a quantile over a time window is computed from."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir():
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Delegate(REGISTRY))
+    totals: dict[float, float] = {}
+    for family in registry.collect():
+        if family.name != histogram:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{histogram}_bucket" and all(sample.labels.get(k) == v for k, v in labels.items()):
+                bound = float(sample.labels["le"])
+                totals[bound] = totals.get(bound, 0.0) + sample.value
+    return sorted(totals.items())

@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import RejectReason
@@ -30,12 +31,22 @@ log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
-    """The gate said no; ``reason`` says why (and maps to 404 or 409)."""
+    """The gate said no; ``reason`` says why (and maps to 404 or 409). A scheduled coupon refused
+    NOT_OPEN also says when it opens and how long until then (by the gate's clock)."""
 
-    def __init__(self, coupon_id: int, reason: RejectReason) -> None:
+    def __init__(
+        self,
+        coupon_id: int,
+        reason: RejectReason,
+        *,
+        opens_at: datetime | None = None,
+        opens_in_s: float | None = None,
+    ) -> None:
         super().__init__(f"coupon {coupon_id}: {reason.value}")
         self.coupon_id = coupon_id
         self.reason = reason
+        self.opens_at = opens_at
+        self.opens_in_s = opens_in_s
 
 
 class Unavailable(Exception):
@@ -80,7 +91,8 @@ class Admission:
         if verdict.state is GateState.DUPLICATE:
             raise Refused(coupon_id, RejectReason.ALREADY_REQUESTED)
         if verdict.state is not GateState.ADMITTED:
-            raise Refused(coupon_id, verdict.reason or RejectReason.SOLD_OUT)
+            reason = verdict.reason or RejectReason.SOLD_OUT
+            raise Refused(coupon_id, reason, opens_at=verdict.opens_at, opens_in_s=verdict.opens_in_s)
 
         event = PublishRequested(request_id=request_id, user_id=user_id, coupon_id=coupon_id, requested_at=now)
         try:

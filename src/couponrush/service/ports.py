@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from couponrush.domain.events import PublishRequested
 from couponrush.domain.model import (
     Coupon,
+    CouponState,
     CouponStatus,
     GateSnapshot,
     IssueOutcome,
     NewCoupon,
     RejectReason,
+    RequestStatus,
     RequestView,
     UserCoupon,
 )
@@ -67,6 +70,24 @@ class GateState(enum.Enum):
 class GateVerdict:
     state: GateState
     reason: RejectReason | None = None
+    # A scheduled coupon refused NOT_OPEN: when it opens, and how long until then by the gate's own clock.
+    opens_at: datetime | None = None
+    opens_in_s: float | None = None
+
+
+class TermsOutcome(enum.Enum):
+    APPLIED = "APPLIED"
+    # Redis has no state for this coupon, or it is being rebuilt: nothing was written.
+    MISSING = "MISSING"
+    REBUILDING = "REBUILDING"
+    # More units are reserved (issued or pending, or being recorded) than the quantity asked for.
+    BELOW_HOLDERS = "BELOW_HOLDERS"
+
+
+@dataclass(frozen=True, slots=True)
+class GateTerms:
+    outcome: TermsOutcome
+    holders: int = 0  # units reserved at the gate when it answered (issued + pending + in flight)
 
 
 class GateUnreachable(Exception):
@@ -89,6 +110,11 @@ class Gate(Protocol):
         ...
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None: ...
+
+    async def set_terms(self, coupon: Coupon) -> GateTerms:
+        """Make the gate admit by the coupon's quantity, expiry and opening time, atomically: refused
+        (BELOW_HOLDERS, nothing written) when more units are reserved than that quantity."""
+        ...
 
     async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
         """Those coupons the gate holds no state for (never opened here, or Redis lost it)."""
@@ -138,13 +164,115 @@ class RequestStatusStore(Protocol):
 
 
 class CouponStore(Protocol):
-    async def create(self, new: NewCoupon) -> Coupon: ...
+    async def create(self, new: NewCoupon, *, actor: str = "system") -> Coupon:
+        """Create it and record the change (action CREATE), in one transaction."""
+        ...
 
     async def get(self, coupon_id: int) -> Coupon | None: ...
 
     async def held_by(self, user_id: int) -> list[UserCoupon]: ...
 
-    async def set_status(self, coupon_id: int, status: CouponStatus) -> Coupon | None: ...
+    async def set_status(self, coupon_id: int, status: CouponStatus, *, actor: str = "system") -> Coupon | None:
+        """Set it and record the change (OPEN/CLOSE), in one transaction; None for an unknown coupon."""
+        ...
+
+    def changing(self, coupon_id: int) -> AbstractAsyncContextManager[CouponChange | None]:
+        """Change one coupon: None for an unknown coupon. Changes of one coupon are serialized from
+        entering to leaving (the gate is written inside, after the database commit too); what ``save``
+        wrote is committed when the block ends without an exception."""
+        ...
+
+
+class CouponChange(Protocol):
+    """One coupon being changed (see ``CouponStore.changing``)."""
+
+    @property
+    def coupon(self) -> Coupon: ...
+
+    @property
+    def pending(self) -> int:
+        """Its accepted requests not yet decided (dead letters aside): each holds a unit."""
+        ...
+
+    async def save(self, after: Coupon, *, actor: str, action: str) -> Coupon:
+        """Store ``after``'s name, quantity, expiry and opening time, with the change record; commits."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CouponSummary:
+    """A coupon with its derived state, as operators list it."""
+
+    coupon: Coupon
+    pending: int
+    state: CouponState
+
+    @property
+    def available(self) -> int:
+        """Units a request can still get: neither issued nor held by a pending request."""
+        return max(0, self.coupon.quantity - self.coupon.issued_count - self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    user_id: int
+    request_id: str
+    issued_at: datetime
+    row_id: int  # the pagination key, with issued_at
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    request_id: str
+    user_id: int
+    coupon_id: int
+    status: RequestStatus
+    reason: RejectReason | None
+    requested_at: datetime
+    decided_at: datetime | None
+    redrives: int
+    dead_lettered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    id: int
+    coupon_id: int
+    changed_at: datetime
+    actor: str
+    action: str
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+
+
+class CouponListings(Protocol):
+    """What operators read page by page (keyset pagination: ``after`` is the last row's key, exclusive)."""
+
+    async def summaries(
+        self, states: Sequence[CouponState], before_id: int | None, limit: int, now: datetime
+    ) -> list[CouponSummary]:
+        """Newest first (id descending), only those in ``states`` (all when empty)."""
+        ...
+
+    async def summary(self, coupon_id: int, now: datetime) -> CouponSummary | None: ...
+
+    async def holders(self, coupon_id: int, after: tuple[datetime, int] | None, limit: int) -> list[Holder]:
+        """In issue order."""
+        ...
+
+    async def requests(
+        self,
+        coupon_id: int,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        statuses: Sequence[RequestStatus] = (),
+    ) -> list[RequestRow]:
+        """Accepted requests in arrival order, only those in ``statuses`` (all when empty)."""
+        ...
+
+    async def changes(self, coupon_id: int, after_id: int | None, limit: int) -> list[ChangeRecord]:
+        """Oldest first."""
+        ...
 
 
 class NotRecorded(Exception):

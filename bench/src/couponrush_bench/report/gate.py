@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from redis.asyncio import Redis
 
 from couponrush.adapters.gate import ReportFlag, available_key, closed_reason_key, expires_at_key
 from couponrush.domain.model import Coupon, GateSnapshot, RejectReason
-from couponrush.service.ports import CouponStore, GateState, GateVerdict
+from couponrush.service.ports import CouponStore, GateState, GateTerms, GateVerdict, TermsOutcome
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -126,6 +126,11 @@ class FlagGate:
 
     async def close(self, coupon_id: int, reason: RejectReason) -> None:
         await self.flags.close(coupon_id, reason)
+
+    async def set_terms(self, coupon: Coupon) -> GateTerms:
+        # The report has no operator changes during a drop; the flag follows the coupon (it reserves nothing).
+        await self._set(coupon, datetime.now(UTC))
+        return GateTerms(TermsOutcome.APPLIED)
 
     async def missing(self, coupon_ids: Sequence[int]) -> list[int]:
         return await self.flags.missing(coupon_ids)

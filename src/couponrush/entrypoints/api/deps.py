@@ -42,6 +42,15 @@ class UserRequired(Exception):
         self.message = message
 
 
+class BadInput(Exception):
+    """A 400 naming the field: ``where`` is its location on the wire (``("query", "cursor")``...)."""
+
+    def __init__(self, where: tuple[str, ...], message: str) -> None:
+        super().__init__(f"{'.'.join(where)}: {message}")
+        self.where = where
+        self.message = message
+
+
 class NoRequest(Exception):
     def __init__(self, user_id: int, coupon_id: int) -> None:
         super().__init__(f"user {user_id} has no request for coupon {coupon_id}")
@@ -98,7 +107,23 @@ async def require_same_user(
         raise UserRequired(403, "this token may not act for another user")
 
 
+async def admin_actor(
+    x_actor: Annotated[
+        str | None,
+        Header(
+            alias="X-Actor",
+            min_length=1,
+            max_length=100,
+            pattern=r"^[\x21-\x7e][\x20-\x7e]*$",
+            description="who makes the change, for the change record (the admin token is shared); default 'admin'",
+        ),
+    ] = None,
+) -> str:
+    return f"api:{x_actor or 'admin'}"
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+ActorDep = Annotated[str, Depends(admin_actor)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 AdminDep = Annotated[None, Depends(require_admin)]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -95,7 +96,15 @@ def _refusal(reason: RejectReason, coupon_id: int) -> Answer:
 
 
 def refused(exc: Refused) -> Answer:
-    """The answer to a refusal (built once per reason and coupon: after sell-out it is nearly every answer)."""
+    if exc.opens_at is not None:
+        # Scheduled: when it opens (data.opensAt), and a Retry-After of the seconds left by the gate's clock.
+        status = 409
+        opens_at = _timestamp(exc.opens_at)
+        message = f"coupon {exc.coupon_id} opens at {opens_at}"
+        body = error_body(status, message, exc.reason.value, opensAt=opens_at)
+        wait = max(1, math.ceil(exc.opens_in_s or 0.0))
+        return Answer(status, body, ((b"retry-after", str(wait).encode()),))
+    # Built once per reason and coupon: after sell-out it is nearly every answer.
     return _refusal(exc.reason, exc.coupon_id)
 
 
