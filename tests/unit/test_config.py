@@ -48,3 +48,14 @@ def test_defaults_follow_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.admin_token is None
     assert not settings.kafka_configured
     assert dlq_topic(settings.publish_requested_topic) == "outside.coupon.publish.requested.v1.dlq"
+
+
+def test_the_readme_lists_every_setting_once_and_nothing_else() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    listed = [name for line in table.splitlines()[2:] for name in re.findall(r"`([A-Z0-9_]+)`", line.split("|")[1])]
+    assert sorted(listed) == sorted(name.upper() for name in Settings.model_fields)
+    assert len(listed) == len(set(listed))
