@@ -15,7 +15,6 @@ nothing (``NotRecorded``); a flush that failed during its commit may or may not 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -35,6 +34,8 @@ T = TypeVar("T")
 class _Entry(Generic[T]):
     item: T
     outcome: asyncio.Future[None]
+    # When it stops waiting in the queue (loop time): taken by no flush by then, it is not recorded.
+    deadline: float
 
 
 @dataclass
@@ -53,6 +54,7 @@ class GroupCommitter(Generic[T]):
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _flushers: list[asyncio.Task[None]] = field(default_factory=list)
     _closing: bool = False
+    _expiring: asyncio.TimerHandle | None = None
     batches: int = 0
     items: int = 0
 
@@ -66,21 +68,33 @@ class GroupCommitter(Generic[T]):
             ]
 
     async def submit(self, item: T, timeout: float) -> None:
-        """Return once ``item`` is committed. Bounded: at most ``timeout`` waiting in the queue, then the flush."""
+        """Return once ``item`` is committed. Bounded: at most ``timeout`` waiting in the queue, then the flush.
+
+        No timer per item: entries are queued in deadline order, and one timer at the head's deadline
+        expires whatever no flush took by then (``NotRecorded``: certainly not written). An entry a flush
+        took is bounded by that flush's own timeout.
+        """
         if self._closing:
             raise NotRecorded("shutting down")
         self.start()
-        entry = _Entry(item, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        entry = _Entry(item, loop.create_future(), loop.time() + timeout)
         self._queue.append(entry)
         self._wakeup.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(entry.outcome), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(entry)
-                raise NotRecorded(f"not flushed within {timeout}s") from None
-            # Already part of a flush: its outcome is this item's. The flush is bounded by its own timeouts.
-            await entry.outcome
+        if self._expiring is None:
+            self._expiring = loop.call_at(entry.deadline, self._expire)
+        await entry.outcome
+
+    def _expire(self) -> None:
+        self._expiring = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._queue and self._queue[0].deadline <= now:
+            entry = self._queue.popleft()
+            if not entry.outcome.done():
+                entry.outcome.set_exception(NotRecorded("not flushed within its bound"))
+        if self._queue:
+            self._expiring = loop.call_at(self._queue[0].deadline, self._expire)
 
     async def _run(self) -> None:
         while True:
