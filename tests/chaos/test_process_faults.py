@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from couponrush.config import PUBLISH_REQUESTED_TOPIC
+from couponrush_bench.harness import kafka_partition
 from couponrush_bench.polling import eventually
 from tests.chaos.faults import restart_worker
 from tests.chaos.harness import Chaos, Phase, Stage
@@ -27,7 +29,9 @@ async def test_worker_sigkilled_three_times_mid_batch(chaos: Chaos) -> None:
     assert result.faults == ["worker SIGKILL"] * 3
 
 
-async def test_two_workers_in_one_group_one_killed_its_partitions_move(chaos: Chaos) -> None:
+async def test_two_workers_in_one_group_the_one_issuing_killed_its_partitions_move(chaos: Chaos) -> None:
+    survivors: list[str] = []
+
     async def second_worker(stage: Stage) -> None:
         system = stage.system
         survivor_assignments = system.worker_assignments()
@@ -37,18 +41,26 @@ async def test_two_workers_in_one_group_one_killed_its_partitions_move(chaos: Ch
         await system.wait_worker_assigned(times=survivor_assignments + 1)
 
     async def fault(stage: Stage) -> None:
+        # The worker holding the coupon's partition (a drop is keyed by its coupon) dies, mid-claiming.
         system = stage.system
-        before = system.worker_assignments()
-        await asyncio.to_thread(stage.sigkill, "worker2")
-        stage.faults.note("worker2 of 2 SIGKILL (not restarted)")
+        partition = f"{PUBLISH_REQUESTED_TOPIC}[{kafka_partition(str(stage.coupon_id), 3)}]"
+        [victim] = [w for w in ("worker", "worker2") if partition in system.last_assignment(w)]
+        [survivor] = [w for w in ("worker", "worker2") if w != victim]
+        survivors.append(survivor)
+        before = system.worker_assignments(survivor)
+        await asyncio.to_thread(stage.sigkill, victim)
+        stage.faults.note(f"the worker issuing ({victim}, 1 of 2) SIGKILL, not restarted")
         stage.faults.repaired()  # nothing to restart: the survivor takes its partitions
-        await system.wait_worker_assigned(times=before + 1)
+        await system.wait_worker_assigned(times=before + 1, name=survivor)
 
     _, stage = await chaos.run(
-        "two workers, one SIGKILLed: partitions move", Phase.CLAIMING, fault, name="two-workers", prepare=second_worker
+        "two workers, the issuing one SIGKILLed: partitions move",
+        Phase.CLAIMING,
+        fault,
+        name="two-workers",
+        prepare=second_worker,
     )
-    last = stage.system.log_of("worker").rsplit("assigned partitions:", 1)[1].splitlines()[0]
-    assert last.count("[") == 3, last  # the survivor owns all three partitions
+    assert len(stage.system.last_assignment(survivors[0])) == 3  # the survivor owns all three partitions
 
 
 async def test_sigterm_under_load_every_role_exits_0_within_its_bound(chaos: Chaos) -> None:
