@@ -115,6 +115,13 @@ async def postgres_restart(stage: Stage) -> None:
     stage.faults.repaired()
 
 
+async def postgres_crash(stage: Stage) -> None:
+    """Stopped as a crash stops it (no checkpoint, open transactions simply gone), restarted from its WAL."""
+    stage.faults.note("PostgreSQL crash (pg_ctl restart -m immediate: crash recovery from the WAL)")
+    await asyncio.to_thread(stage.postgres.restart, "immediate")
+    stage.faults.repaired()
+
+
 async def all_at_once(stage: Stage) -> None:
     """Worker, relay, API, broker and Redis die together (SIGKILL), then all come back (broker and Redis empty)."""
     system = stage.system
@@ -231,6 +238,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("redis-flushall", "Redis FLUSHALL", redis_flushall, verify=gate_was_rebuilt),
     Scenario("redis-restart", "Redis SIGKILL, restarted empty", redis_restart_empty, verify=gate_was_rebuilt),
     Scenario("postgres-restart", "PostgreSQL restart", postgres_restart),
+    Scenario("postgres-crash", "PostgreSQL crash (immediate stop), restarted", postgres_crash),
     Scenario("all-at-once", "all at once: worker+relay+API+broker+Redis SIGKILL, restarted", all_at_once),
     Scenario(
         "duplicates",

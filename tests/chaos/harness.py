@@ -295,12 +295,19 @@ class Chaos:
         )
         drop_s = max(a.at for a in answers) - started
         assert fault_task is not None, f"the fault never struck ({trigger.describe()}): {stage.progress}"
-        await fault_task
+        try:
+            await fault_task
+            fault_error = None
+        except Exception as exc:  # e.g. the restarted relay never took the lock: a finding, checked and recorded
+            fault_error = repr(exc)[:1000]
         faults = stage.faults
-        assert faults.first_at is not None, "the fault noted nothing"
+        assert faults.first_at is not None, f"the fault noted nothing ({fault_error})"
         if faults.repaired_at is None:
             faults.repaired()
         result = await check(stage, scenario, phase, answers, quantity, trigger, self.seed, self.test)
+        result.invariants["fault_and_repair_completed"] = fault_error is None
+        if fault_error is not None:
+            result.notes["fault failed"] = fault_error
         result.drop_s = round(drop_s, 1)
         result.at_answer = at_answer
         result.notes.update(stage.notes)
