@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from couponrush.config import PUBLISH_REQUESTED_TOPIC
 from couponrush_bench.harness import System, wait_ready
 from couponrush_bench.polling import eventually
-from tests.chaos.harness import ChaosResult, Inject, Stage
+from tests.chaos.stage import ChaosResult, Inject, Stage
 
 
 @dataclass(frozen=True)
