@@ -47,5 +47,5 @@ integration: install-dev services
 e2e: install-dev services
 	$(BIN)/pytest -m "e2e and not slow"
 
-chaos: install-dev services  ## the whole fault-injection suite (tests/chaos, ~10 min); RELIABILITY.md
+chaos: install-dev services  ## every fault in every phase of a drop, 3 runs each (tests/chaos, ~35 min); RELIABILITY.md
 	$(BIN)/pytest -m chaos -p no:cacheprovider --timeout 600 -v

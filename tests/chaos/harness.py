@@ -1,87 +1,59 @@
-"""A chaos run: a real drop against real processes, a fault injected mid-drop, recovery, the invariants.
+"""A chaos run: a real drop against real processes, one fault injected in a chosen phase, recovery, the checks.
 
-Every scenario gets its own system (database, its own ``redis-server``, embedded broker, the
-``couponrush`` role processes), from the harness the end-to-end tests and the benchmark share; the
-invariants are the harness's (``couponrush_bench.invariants.fault_checks``). Results are appended to
-``.couponrush/chaos-results.jsonl`` in the checkout, from which RELIABILITY.md is filled.
+Every run gets its own system (a database on the suite's own PostgreSQL cluster, its own ``redis-server``,
+embedded broker and ``couponrush`` role processes), from the harness the end-to-end tests and the benchmark
+share. The fault strikes in a phase of the drop, timed by what the clients were told:
+
+- ``claiming``: once a seeded-random share (10-60%) of the quantity has been told 200;
+- ``sellout``: once told 200 reaches the quantity (or a SOLD_OUT comes back);
+- ``refusing``: after the sell-out, once a seeded-random number (100-500) of SOLD_OUT/ALREADY_REQUESTED came in.
+
+Each run has a seed (printed, and recorded with its result): it picks the crowd's order, the phase's
+threshold and the fault's own choices. ``COUPONRUSH_CHAOS_SEED`` replays one. After the drop: the
+invariants (``couponrush_bench.invariants.fault_checks``), every request answered at all, every accepted
+request decided within 60 s of the fault's repair, and a fresh request issued within 30 s. Results are
+appended to ``.couponrush/chaos-results.jsonl``; ``scripts/reliability_table.py`` makes RELIABILITY.md's table.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import time
-from collections import Counter
+import asyncio
+import random
+import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
 import httpx
 
-from couponrush_bench import invariants
-from couponrush_bench.harness import Sandbox, System, create_coupon
-from couponrush_bench.polling import eventually
-from couponrush_bench.servers import OwnRedis
-from tests.support.drop import Answer, crowd, run_drop
+from couponrush.dev.broker import free_port
+from couponrush_bench.harness import Sandbox, System, create_coupon, wait_ready
+from couponrush_bench.servers import OwnPostgres, OwnRedis
+from tests.chaos.checks import check
+from tests.chaos.drop import Progress, crowd, run_crowd
+from tests.chaos.phases import PHASES, Phase, Trigger
+from tests.chaos.stage import ChaosResult, Faults, Inject, Stage
 
-RESULTS = Path(__file__).resolve().parents[2] / ".couponrush" / "chaos-results.jsonl"
+__all__ = ["PHASES", "Chaos", "ChaosResult", "Faults", "Inject", "Phase", "Stage", "draw_seed"]
 
 # Faults lose acknowledged records (a broker restarted empty): re-drive them soon, not after 30 s.
 CHAOS_ENV = {"COUPONRUSH_REDRIVE_AFTER_S": "5", "COUPONRUSH_RECONCILE_INTERVAL_S": "5"}
 
 
 @dataclass
-class Faults:
-    """What was injected, and when the first fault struck (for the recovery time)."""
-
-    injected: list[str] = field(default_factory=list)
-    first_at: float | None = None
-    first_wall: float | None = None  # epoch seconds, to compare with the database's timestamps
-    done_wall: float | None = None  # when the fault (and its own recovery steps) finished
-    drop_ended_at: float | None = None
-
-    def note(self, what: str) -> None:
-        if self.first_at is None:
-            self.first_at = time.monotonic()
-            self.first_wall = time.time()
-        self.injected.append(what)
-
-
-@dataclass
-class ChaosResult:
-    scenario: str
-    requests: int
-    users: int
-    quantity: int
-    faults: list[str]
-    answers: dict[str, int]
-    told_ok: int
-    issued: int
-    invariants: dict[str, bool]
-    # From the first fault until every request accepted before the fault ended was issued.
-    recovery_s: float
-    # From the first fault until every accepted request of the drop was decided.
-    settled_s: float
-    # From the first fault until the first request accepted after it (None: none was, e.g. sold out).
-    admitting_again_s: float | None
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def record(self) -> None:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as out:
-            out.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **asdict(self)}) + "\n")
-
-
-@dataclass
 class Chaos:
-    """Starts systems for a test (each with a redis-server of its own, to restart) and stops them at the
-    end; every role must then exit 0."""
+    """Starts the systems of one test (each with a redis-server of its own) on the suite's own PostgreSQL
+    cluster, runs its drop, and stops everything at the end; every role still running must then exit 0."""
 
     sandbox: Sandbox
+    postgres: OwnPostgres
+    seed: int
+    test: str
     systems: list[tuple[System, OwnRedis]] = field(default_factory=list)
 
-    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> tuple[System, OwnRedis]:
+    async def start(
+        self, name: str, extra_env: dict[str, str] | None = None, *, apis: int = 1
+    ) -> tuple[System, OwnRedis, list[str]]:
+        """A system with ``apis`` API processes (``api``, ``api2``...: each on its own port); their URLs."""
         redis = OwnRedis(log_dir=self.sandbox.log_dir / f"chaos-{name}-redis")
         await redis.start()
         try:
@@ -92,7 +64,14 @@ class Chaos:
             redis.stop()
             raise
         self.systems.append((system, redis))
-        return system, redis
+        urls = [system.base_url]
+        for n in range(2, apis + 1):
+            port = free_port()
+            system.start("api", name=f"api{n}", env={"COUPONRUSH_HTTP_PORT": str(port)})
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls[1:]:
+            await wait_ready(url)
+        return system, redis, urls
 
     async def stop_all(self) -> dict[str, int]:
         codes: dict[str, int] = {}
@@ -106,115 +85,85 @@ class Chaos:
                 redis.stop()
         return codes
 
+    async def run(
+        self,
+        scenario: str,
+        phase: Phase,
+        inject: Inject,
+        *,
+        name: str,
+        apis: int = 1,
+        extra_env: dict[str, str] | None = None,
+        prepare: Callable[[Stage], Awaitable[None]] | None = None,
+        verify: Callable[[Stage, ChaosResult], Awaitable[None]] | None = None,
+        quantity: int = 300,
+        users: int = 1000,
+        requests: int = 2000,
+        concurrency: int = 50,
+        record: bool = True,
+    ) -> tuple[ChaosResult, Stage]:
+        """Start a system, run the drop with ``inject`` striking in ``phase``, check; the result (recorded).
 
-async def chaos_drop(
-    system: System,
-    scenario: str,
-    fault: Callable[[Faults], Awaitable[None]],
-    *,
-    quantity: int = 500,
-    users: int = 1500,
-    requests: int = 3000,
-    concurrency: int = 100,
-    first_user: int = 100_000,
-    settle_timeout_s: float = 150.0,
-    record: bool = True,
-    fault_after: float = 0.1,
-) -> ChaosResult:
-    """Run the drop, inject ``fault`` once ``fault_after`` of the answers are in (early: the coupons sell out
-    well before the crowd is served), wait for recovery, check the invariants."""
-    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
-        coupon_id = await create_coupon(client, quantity=quantity)
-    faults = Faults()
+        ``prepare`` runs before the drop; ``verify`` (the scenario's own checks) after the common ones, its
+        failure counted as the run's violation ``scenario_checks``. Fails the test if any check failed (after
+        recording the run)."""
+        # Named by its seed too: each run has its own database and log files (chaos-<name>-<seed>-<role>.log).
+        system, redis, urls = await self.start(f"{name}-{self.seed}", extra_env, apis=apis)
+        rng = random.Random(self.seed)
+        stage = Stage(system, redis, self.postgres, urls, Faults(), rng, Progress(quantity))
+        if prepare is not None:
+            await prepare(stage)
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            stage.coupon_id = await create_coupon(client, quantity=quantity)
+        trigger = Trigger.draw(phase, quantity, rng)
+        fault_rng = random.Random(rng.random())  # the fault's own choices, independent of the crowd's size
+        stage.rng = fault_rng
+        users_in_order = crowd(users, requests, first_user=100_000, rng=rng)
+        fault_task: asyncio.Task[None] | None = None
+        at_answer = 0
 
-    async def midway() -> None:
-        await fault(faults)
-        faults.done_wall = time.time()
+        def on_answer(progress: Progress) -> None:
+            nonlocal fault_task, at_answer
+            if fault_task is None and trigger.fired(progress):
+                at_answer = len(progress.answers)
+                fault_task = asyncio.create_task(inject(stage))
 
-    answers = await run_drop(
-        [system.base_url],
-        coupon_id,
-        crowd(users, requests, first_user=first_user),
-        concurrency=concurrency,
-        midway=midway,
-        retry_unavailable_for_s=90.0,
-        midway_after=int(requests * fault_after),
-    )
-    faults.drop_ended_at = time.monotonic()
-    assert faults.first_at is not None, "the fault was never injected"
-    result = await check_invariants(system, scenario, coupon_id, answers, quantity, faults, settle_timeout_s)
-    if record or not all(result.invariants.values()):
-        result.record()
-    failed = [name for name, held in result.invariants.items() if not held]
-    assert not failed, (failed, result)
-    return result
-
-
-async def check_invariants(
-    system: System,
-    scenario: str,
-    coupon_id: int,
-    answers: list[Answer],
-    quantity: int,
-    faults: Faults,
-    settle_timeout_s: float,
-) -> ChaosResult:
-    assert faults.first_at is not None
-    conn = await system.db()
-    try:
-        # Recovered = every accepted request decided (issued or refused) again. A run that never gets
-        # there is still recorded (its "nothing accepted lost" fails), then the test fails.
-        with contextlib.suppress(invariants.NotSettled):
-            await invariants.wait_decided(conn, coupon_id, settle_timeout_s, interval=0.2)
-        settled_s = time.monotonic() - faults.first_at
-        last_decided = await conn.fetchval(
-            "SELECT extract(epoch FROM max(decided_at)) FROM coupon_requests"
-            " WHERE coupon_id = $1 AND requested_at <= to_timestamp($2)",
-            coupon_id,
-            faults.done_wall,
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answers = await run_crowd(
+            urls, stage.coupon_id, users_in_order, stage.progress, concurrency=concurrency, on_answer=on_answer
         )
-        recovery_s = max(0.0, float(last_decided or 0) - (faults.first_wall or 0))
-        first_after = await conn.fetchval(
-            "SELECT extract(epoch FROM min(requested_at)) FROM coupon_requests"
-            " WHERE coupon_id = $1 AND requested_at > to_timestamp($2)",
-            coupon_id,
-            faults.first_wall,
-        )
-        admitting_again_s = None if first_after is None else round(float(first_after) - (faults.first_wall or 0), 1)
-        settled = await invariants.read_settled(conn, coupon_id)
-    finally:
-        await conn.close()
-    holders = sorted(settled.holders)
-    redis = system.redis()
+        drop_s = max(a.at for a in answers) - started
+        assert fault_task is not None, f"the fault never struck ({trigger.describe()}): {stage.progress}"
+        try:
+            await fault_task
+            fault_error = None
+        except Exception as exc:  # e.g. the restarted relay never took the lock: a finding, checked and recorded
+            fault_error = repr(exc)[:1000]
+        faults = stage.faults
+        assert faults.first_at is not None, f"the fault noted nothing ({fault_error})"
+        if faults.repaired_at is None:
+            faults.repaired()
+        result = await check(stage, scenario, phase, answers, quantity, trigger, self.seed, self.test)
+        result.invariants["fault_and_repair_completed"] = fault_error is None
+        if fault_error is not None:
+            result.notes["fault failed"] = fault_error
+        result.drop_s = round(drop_s, 1)
+        result.at_answer = at_answer
+        result.notes.update(stage.notes)
+        if verify is not None:
+            try:
+                await verify(stage, result)
+                result.invariants["scenario_checks"] = True
+            except AssertionError as exc:
+                result.invariants["scenario_checks"] = False
+                result.notes["scenario check failed"] = repr(exc)[:1000]
+        if record:
+            result.record()
+        assert not result.violations, (result.violations, result)
+        return result, stage
 
-    async def gate_holders() -> list[int]:
-        return await invariants.gate_holders(redis, coupon_id)
 
-    try:
-        # A gate that drifted during the fault is repaired by the worker's periodic reconciliation.
-        in_gate = await eventually(gate_holders, lambda g: g == holders, timeout=40, interval=0.5)
-    except AssertionError:
-        in_gate = await gate_holders()
-    finally:
-        await redis.aclose()
-
-    told_ok = [a for a in answers if a.status == 200]
-    demand = len({a.user_id for a in answers})
-    checks = invariants.fault_checks(answers, settled, quantity, in_gate)
-    return ChaosResult(
-        scenario=scenario,
-        requests=len(answers),
-        users=demand,
-        quantity=quantity,
-        faults=faults.injected,
-        answers={f"{s} {r or ''}".strip(): n for (s, r), n in Counter((a.status, a.reason) for a in answers).items()},
-        told_ok=len(told_ok),
-        issued=settled.issued_count,
-        invariants=checks,
-        recovery_s=round(recovery_s, 1),
-        settled_s=round(settled_s, 1),
-        admitting_again_s=admitting_again_s,
-        notes={
-            "issued but not told OK (answered 503/409 after a commit)": len(set(holders) - {a.user_id for a in told_ok})
-        },
-    )
+def draw_seed(env_value: str | None) -> int:
+    """The run's seed: ``COUPONRUSH_CHAOS_SEED`` (replaying a run), else a fresh one."""
+    return int(env_value) if env_value else secrets.randbelow(2**31)

@@ -15,8 +15,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
-from couponrush.adapters.kafka import KafkaSink, KafkaSource, consumer_config
+from couponrush.adapters.kafka import KafkaSink, KafkaSource, consumer_config, ensure_topics
 from couponrush.dev.broker import EmbeddedBroker, free_port
 from couponrush.service.ports import InboundRecord, OutboundMessage
 
@@ -93,3 +94,62 @@ async def test_every_record_is_consumed_across_repeated_empty_restarts(broker: E
         await source.close()
         await sink.close()
     assert len(took) == ROUNDS
+
+
+async def test_a_topic_recreated_just_after_an_empty_assignment_is_still_consumed(broker: EmbeddedBroker) -> None:
+    """The race the chaos matrix found: after a restart, an idle worker rejoins before the topic exists
+    (assigned nothing), and the relay re-creates the topic milliseconds later, before the worker's next batch
+    checks. librdkafka never rebalances onto it by itself; the source must rejoin anyway (no stall watch here).
+
+    The worker in that run saw no "unknown topic" error before it rejoined (it would have re-created the topic
+    itself first); this source is made blind to that error so that the race happens every time."""
+    topic = f"race.{uuid.uuid4().hex[:8]}.v1"
+    config = consumer_config(
+        broker.bootstrap,
+        f"g{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        fetch_wait_max_ms=100,
+    )
+    restarted = False
+    assigned_nothing = 0
+
+    class RelayWinsTheRace(KafkaSource):
+        @property
+        def _topics_gone(self) -> bool:
+            return False
+
+        @_topics_gone.setter
+        def _topics_gone(self, _gone: bool) -> None:
+            pass
+
+        def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            nonlocal assigned_nothing
+            super()._on_assign(consumer, partitions)
+            if restarted and not partitions:
+                assigned_nothing += 1
+                ensure_topics(broker.bootstrap, {topic: 3})  # what the relay does, before our next batch
+
+    source, sink = RelayWinsTheRace(config, {topic: 3}), KafkaSink(broker.bootstrap, {topic: 3})
+    await source.start()
+    try:
+        while source.unassigned_for() > 0:
+            await source.next_batch(100, 0.2)
+        restarted = True
+        kill_and_restart_empty(broker)
+        started = time.monotonic()
+        while not assigned_nothing:
+            assert time.monotonic() - started < 20, "the consumer did not rejoin the restarted broker"
+            await source.next_batch(100, 0.2)
+        # The topic exists again; the consumer must hold its partitions and read what is sent to it.
+        value = uuid.uuid4().bytes
+        sent = False
+        seen: list[bytes | None] = []
+        while value not in seen:
+            assert time.monotonic() - started < 30, "the consumer never got the re-created topic"
+            seen.extend(r.value for r in await source.next_batch(100, 0.2))
+            if not sent and source.unassigned_for() == 0:
+                sent = not any(await sink.send_all([OutboundMessage(topic, "1", value)]))
+    finally:
+        await source.close()
+        await sink.close()

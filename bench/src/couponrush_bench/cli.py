@@ -173,5 +173,54 @@ def waiters(
     console.print(f"[green]written to {path}[/green]")
 
 
+@app.command()
+def storm(
+    pairs: Annotated[int, typer.Option(help="pairs of drops (without, with the storm; the order alternates)")] = 5,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="requests of each drop")] = 10_000,
+    users: Annotated[int, typer.Option("--users", "-u", help="distinct users of each drop")] = 5_000,
+    quantity: Annotated[int, typer.Option("--quantity", "-q", help="coupons of each drop")] = 1_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="connections of the drop")] = 50,
+    storm_requests: Annotated[int, typer.Option(help="malformed requests sent beside each drop")] = 2_000,
+    storm_concurrency: Annotated[int, typer.Option(help="connections of the storm")] = 8,
+    out: Annotated[Path, typer.Option(help="where storm.json goes")] = Path("bench/results"),
+    postgres: Annotated[
+        str, typer.Option(help="the PostgreSQL server (no database) where the run creates its own database")
+    ] = "postgresql://postgres@127.0.0.1:5432",
+    db_prefix: Annotated[str, typer.Option(help="the database name starts with this")] = "couponrush_bench_",
+) -> None:
+    """Drops without and with a storm of malformed requests beside them, on one fresh system: the ratios of the
+    drop's duration and p99 (with / without), per pair and their medians (RELIABILITY.md)."""
+    from couponrush_bench.harness import Sandbox
+    from couponrush_bench.servers import ScratchDatabases, run_prefix
+    from couponrush_bench.storm import compare
+
+    async def measure() -> dict[str, object]:
+        sandbox = Sandbox(ScratchDatabases(postgres, run_prefix(db_prefix)), log_dir=out / "runs" / "storm")
+        try:
+            system = await sandbox.start_system("storm")
+            return await compare(
+                system,
+                pairs=pairs,
+                requests=requests,
+                users=users,
+                quantity=quantity,
+                concurrency=concurrency,
+                storm_count=storm_requests,
+                storm_concurrency=storm_concurrency,
+                log=console.print,
+            )
+        finally:
+            await sandbox.close()
+
+    figures = asyncio.run(measure())
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "storm.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    console.print(
+        f"median ratios with/without the storm: duration {figures['median_duration_ratio']}, "
+        f"p99 {figures['median_p99_ratio']} (written to {path})"
+    )
+
+
 def main() -> None:
     app()

@@ -110,6 +110,14 @@ class System:
     def worker_assignments(self, name: str = "worker") -> int:
         return self.log_of(name).count("assigned partitions")
 
+    def last_assignment(self, name: str = "worker") -> list[str]:
+        """The partitions (``topic[n]``) the worker's latest assignment gave it: each assignment lists all it holds."""
+        lines = [line for line in self.log_of(name).splitlines() if "assigned partitions:" in line]
+        if not lines:
+            return []
+        listed = lines[-1].split("assigned partitions:", 1)[1].split('"', 1)[0]
+        return [p.strip() for p in listed.split(",") if "[" in p]
+
     async def wait_worker_assigned(self, times: int = 1, *, name: str = "worker") -> None:
         """Wait until the worker got partitions ``times`` times (its log is appended across restarts).
 
@@ -250,6 +258,28 @@ class Sandbox:
             with contextlib.suppress(Exception):
                 await self.stop_system(system)
         return await self.databases.drop_all()
+
+
+def kafka_partition(key: str, partitions: int) -> int:
+    """The partition a keyed record lands on: Kafka's Java partitioner (murmur2), which the relay's producer
+    uses too (``murmur2_random``). A coupon's requests are keyed by its id: one partition holds a whole drop."""
+    data = key.encode()
+    m, length = 0x5BD1E995, len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little") * m & 0xFFFFFFFF
+        k = (k ^ (k >> 24)) * m & 0xFFFFFFFF
+        h = (h * m & 0xFFFFFFFF) ^ k
+    tail = data[length - length % 4 :]
+    if len(tail) == 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = (h ^ tail[0]) * m & 0xFFFFFFFF
+    h = (h ^ (h >> 13)) * m & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
 
 
 def coupon_body(

@@ -6,7 +6,8 @@ chaos suite alike.
 - The report's flag gate (no reservation): every user who holds it was told OK; told OK minus issued
   is its over-acceptance, reported, not hidden.
 - The reserving gate: OK means you got it (told OK = issued, exactly).
-- After faults (chaos): nothing accepted is lost, no 5xx, the gate agrees with the database again.
+- After faults (chaos): nothing accepted is lost, no 5xx, the gate agrees with the database again, and
+  every accepted request is decided within a bound of the fault's repair (``decision_waits``).
   Told OK = issued is not promised there: a request committed as its answer failed (503) is issued
   without having been told OK.
 """
@@ -147,6 +148,24 @@ def fault_checks(
         "no_5xx_answer": all(a.status < 500 for a in answers),
         "gate_matches_database": sorted(gate_holders) == sorted(holders),
     }
+
+
+async def decision_waits(conn: asyncpg.Connection, request_ids: Sequence[str], since: datetime) -> dict[str, float]:
+    """Per request: seconds from ``since`` (a fault's repair), or from its acceptance if later, until it was
+    decided (issued or refused); ``inf`` for one still pending or never recorded."""
+    rows = await conn.fetch(
+        "SELECT request_id, extract(epoch FROM decided_at - greatest(requested_at, $2)) AS wait"
+        " FROM coupon_requests WHERE request_id = ANY($1::text[])",
+        list(request_ids),
+        since,
+    )
+    found = {r["request_id"]: float("inf") if r["wait"] is None else float(r["wait"]) for r in rows}
+    return {rid: found.get(rid, float("inf")) for rid in request_ids}
+
+
+def decided_within(waits: dict[str, float], bound_s: float) -> bool:
+    """Every accepted request decided within ``bound_s`` (see ``decision_waits``)."""
+    return all(wait <= bound_s for wait in waits.values())
 
 
 def failed(checks: dict[str, object]) -> list[str]:

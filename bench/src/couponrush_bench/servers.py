@@ -1,5 +1,6 @@
 """State a run owns, so it never touches anyone else's: databases named with the run's prefix on a
-PostgreSQL server, and ``redis-server`` processes of its own.
+PostgreSQL server, ``redis-server`` processes of its own, and (for the chaos suite, which restarts it)
+a PostgreSQL cluster of its own.
 
 A run creates its databases, drops them when its systems stop, and drops whatever is still named with
 its prefix at the end (also after a failure); it never drops or flushes anything else.
@@ -7,6 +8,10 @@ its prefix at the end (also after a failure); it never drops or flushes anything
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -176,3 +181,110 @@ class OwnRedis:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def postgres_bin_dir() -> Path:
+    """Where ``initdb``, ``pg_ctl`` and ``postgres`` live: ``COUPONRUSH_PG_BIN_DIR``, else the newest
+    ``/usr/lib/postgresql/<version>/bin`` (Debian, Ubuntu), else ``pg_config --bindir``, else PATH."""
+    configured = os.environ.get("COUPONRUSH_PG_BIN_DIR")
+    if configured:
+        return Path(configured)
+    installed = sorted(
+        (Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin") if (Path(d) / "initdb").exists()),
+        key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+    )
+    if installed:
+        return installed[-1]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
+        if found and (Path(found) / "initdb").exists():
+            return Path(found)
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("no PostgreSQL server binaries (initdb, pg_ctl): install them or set COUPONRUSH_PG_BIN_DIR")
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL cluster of our own: ``initdb`` into a temporary directory, served on a free port on
+    127.0.0.1 (trust authentication, superuser ``postgres``), removed by ``stop``.
+
+    PostgreSQL refuses to run as root: run as root, the cluster belongs to the ``postgres`` system user
+    (``runuser``). Restarting it (``restart``) is exactly a PostgreSQL restart in production, and touches
+    no cluster anyone else uses.
+    """
+
+    port: int = field(default_factory=free_port)
+    bin_dir: Path = field(default_factory=postgres_bin_dir)
+    max_connections: int = 300
+    _dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL without a database name (as ``ScratchDatabases`` takes it)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        assert self._dir is not None, "not started"
+        return self._dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        assert self._dir is not None, "not started"
+        return self._dir / "postgres.log"
+
+    def _as_owner(self, *command: str) -> list[str]:
+        if os.geteuid() != 0:
+            return list(command)
+        return ["runuser", "-u", "postgres", "--", *command]
+
+    def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self._dir}"
+            f" -c max_connections={self.max_connections}"
+        )
+        subprocess.run(
+            self._as_owner(
+                str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-o", options, *args
+            ),
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        """initdb (the first time) and start; returns once it accepts connections."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="couponrush-pg-"))
+            if os.geteuid() == 0:
+                owner = pwd.getpwnam("postgres")
+                os.chown(self._dir, owner.pw_uid, owner.pw_gid)
+            subprocess.run(
+                self._as_owner(
+                    str(self.bin_dir / "initdb"),
+                    *("-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"),
+                ),
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        self._pg_ctl("start", "-w", "-t", "60")
+
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart``: every connection is cut, committed data stays; returns once it accepts again.
+
+        ``fast`` rolls back open transactions and checkpoints; ``immediate`` is a crash (recovery from WAL)."""
+        self._pg_ctl("restart", "-w", "-t", "60", "-m", mode)
+
+    def stop(self) -> None:
+        """Stop it for good and remove its directory (every database in it goes too)."""
+        if self._dir is None:
+            return
+        if (self.data_dir / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.SubprocessError):
+                self._pg_ctl("stop", "-w", "-m", "immediate")
+        shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = None

@@ -308,6 +308,16 @@ def _log_revocation(_consumer: Consumer, partitions: list[TopicPartition]) -> No
 _TOPIC_GONE = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 
 
+def _missing_from(consumer: Consumer, topics: Mapping[str, int]) -> bool:
+    """Whether the cluster this consumer sees lacks one of ``topics`` (all topics listed: a metadata request
+    naming a missing topic would have the embedded broker auto-create it); False if it cannot tell."""
+    try:
+        known = consumer.list_topics(timeout=2).topics
+    except KafkaException:
+        return False
+    return any(topic not in known or known[topic].error is not None for topic in topics)
+
+
 @dataclass
 class KafkaSource:
     """A consumer-group member whose blocking calls run on a worker thread.
@@ -327,6 +337,7 @@ class KafkaSource:
     _stale_why: str = "a subscribed topic was missing when nothing was assigned"
     _topics_gone: bool = False
     _assigned_none: bool = False
+    _assigned_while_missing: bool = False
     # Since when this subscribed member holds no partition (None while it holds some).
     _unassigned_since: float | None = None
     # How long the next rebuild waits between leaving and joining again (see request_rejoin).
@@ -345,8 +356,11 @@ class KafkaSource:
         _log_assignment(consumer, partitions)
         # Nothing assigned: fine with more members than partitions, but it is also what a member gets
         # when it rejoined a restarted broker before the topic was re-created; librdkafka then never
-        # rebalances onto the topic once it exists. next_batch tells the two apart.
+        # rebalances onto the topic once it exists. next_batch tells the two apart, also by what this
+        # consumer's metadata says right now: the relay may re-create the topic milliseconds later,
+        # before next_batch looks, and the assignment is stale all the same.
         self._assigned_none = not partitions
+        self._assigned_while_missing = not partitions and _missing_from(consumer, self.topics)
         if partitions:
             self._unassigned_since = None
         elif self._unassigned_since is None:
@@ -425,10 +439,11 @@ class KafkaSource:
                 log.warning("could not re-create the subscribed topics: %s", failure_text(exc))
         if self._assigned_none:
             self._assigned_none = False
+            stale, self._assigned_while_missing = self._assigned_while_missing, False
             try:
-                if await self._topics_missing():
+                if await self._topics_missing() or stale:
                     # Joined (the assignment came), so closing this member is clean: a fresh one rejoins.
-                    log.warning("assigned nothing while a subscribed topic is missing; re-creating it and rejoining")
+                    log.warning("assigned nothing while a subscribed topic was missing; re-creating it and rejoining")
                     self._stale = True
                     return []
             except Exception as exc:  # the broker is away again: check on the next assignment
