@@ -70,9 +70,9 @@ class GroupCommitter(Generic[T]):
     async def submit(self, item: T, timeout: float) -> None:
         """Return once ``item`` is committed. Bounded: at most ``timeout`` waiting in the queue, then the flush.
 
-        No timer per item: entries are queued in deadline order, and one timer at the head's deadline
-        expires whatever no flush took by then (``NotRecorded``: certainly not written). An entry a flush
-        took is bounded by that flush's own timeout.
+        No timer per item: one timer at the earliest deadline of the queue expires whatever no flush took by
+        then (``NotRecorded``: certainly not written). An entry a flush took is bounded by that flush's own
+        timeout.
         """
         if self._closing:
             raise NotRecorded("shutting down")
@@ -81,7 +81,9 @@ class GroupCommitter(Generic[T]):
         entry = _Entry(item, loop.create_future(), loop.time() + timeout)
         self._queue.append(entry)
         self._wakeup.set()
-        if self._expiring is None:
+        if self._expiring is None or self._expiring.when() > entry.deadline:
+            if self._expiring is not None:
+                self._expiring.cancel()
             self._expiring = loop.call_at(entry.deadline, self._expire)
         await entry.outcome
 
@@ -89,12 +91,16 @@ class GroupCommitter(Generic[T]):
         self._expiring = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        while self._queue and self._queue[0].deadline <= now:
-            entry = self._queue.popleft()
-            if not entry.outcome.done():
-                entry.outcome.set_exception(NotRecorded("not flushed within its bound"))
+        if any(entry.deadline <= now for entry in self._queue):
+            kept: deque[_Entry[T]] = deque()
+            for entry in self._queue:
+                if entry.deadline > now:
+                    kept.append(entry)
+                elif not entry.outcome.done():
+                    entry.outcome.set_exception(NotRecorded("not flushed within its bound"))
+            self._queue = kept
         if self._queue:
-            self._expiring = loop.call_at(self._queue[0].deadline, self._expire)
+            self._expiring = loop.call_at(min(entry.deadline for entry in self._queue), self._expire)
 
     async def _run(self) -> None:
         while True:
