@@ -34,8 +34,12 @@ class Variant:
     api_workers: int | None = None  # None: the run's --api-workers
     # CPU priority of the relay and worker processes (``nice``): 0 is the API's own.
     background_nice: int = 0
+    # The report's design (couponrush_bench.report): its API and worker, the product's relay.
+    report: bool = False
 
     def command(self, role: str) -> list[str]:
+        if self.report and role in ("api", "worker"):
+            return [self.python, "-m", "couponrush_bench.report", role]
         command = [self.python, "-m", "couponrush", role]
         if role in ("relay", "worker") and self.background_nice:
             return ["nice", "-n", str(self.background_nice), *command]
@@ -43,8 +47,9 @@ class Variant:
 
 
 def parse_variant(text: str) -> Variant:
-    """``now`` (this checkout), ``name=/path/to/checkout`` (its .venv), then ``:KEY=VALUE,...``: environment
-    variables, and ``workers=N`` (API processes) and ``nice=N`` (relay and worker priority)."""
+    """``now`` (this checkout), ``report`` (the report's design, built in couponrush_bench.report),
+    ``name=/path/to/checkout`` (its .venv), then ``:KEY=VALUE,...``: environment variables, and ``workers=N``
+    (API processes) and ``nice=N`` (relay and worker priority)."""
     head, _, envs = text.partition(":")
     name, _, path = head.partition("=")
     env = dict(item.split("=", 1) for item in envs.split(",") if item)
@@ -57,6 +62,7 @@ def parse_variant(text: str) -> Variant:
         env=env,
         api_workers=None if workers is None else int(workers),
         background_nice=int(nice),
+        report=name == "report",
     )
 
 
