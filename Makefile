@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Options for `couponrush dev`, e.g. make run ARGS="--broker-port 19092"
 ARGS ?=
 
-.PHONY: run test test-all test-extra install install-dev bench services lint typecheck unit integration e2e chaos
+.PHONY: run test test-all test-extra install install-dev bench services lint typecheck unit integration e2e chaos deploy-check
 
 run: install services  ## install what running needs and run the whole system (API on :8000)
 	$(BIN)/couponrush dev $(ARGS)
@@ -46,6 +46,9 @@ integration: install-dev services
 
 e2e: install-dev services
 	$(BIN)/pytest -m "e2e and not slow"
+
+deploy-check:  ## validate deploy/ (Dockerfile, compose, Kubernetes, alert rules) without a container engine; deploy/README.md
+	scripts/validate-deploy.sh
 
 chaos: install-dev services  ## every fault in every phase of a drop, 3 runs each (tests/chaos, ~35 min); RELIABILITY.md
 	$(BIN)/pytest -m chaos -p no:cacheprovider --timeout 600 -v
